@@ -1,0 +1,51 @@
+# pgvault's entry points. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PGVAULT := $(BIN)/pgvault
+
+.PHONY: venv demo test lint bench selftest backup-database list-backups restore-database clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# A throwaway cluster with a small CRM database: backup, list, verify.
+demo: venv
+	$(BIN)/python -m pgvault.demo
+
+test: venv
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check pgvault tests noxfile.py
+	$(BIN)/ruff format --check pgvault tests noxfile.py
+	$(BIN)/mypy
+
+# pgvault against the bare client programs on a pgbench database (SCALES="10 50").
+SCALES ?= 10 50
+bench: venv
+	$(BIN)/python -m tests.bench.run --scales $(SCALES)
+
+selftest: venv
+	$(BIN)/python -m pgvault.demo --selftest
+
+backup-database: venv
+	@if [ -z "$$BACKUP_DIR" ]; then echo "Error: BACKUP_DIR environment variable is not set"; exit 1; fi
+	$(PGVAULT) backup
+
+list-backups: venv
+	$(PGVAULT) list
+
+restore-database: venv
+	@if [ -z "$(BACKUP_PREFIX)" ]; then \
+		echo "Error: BACKUP_PREFIX is required. Usage: make restore-database BACKUP_PREFIX=backup-YYYY-MM-DD-HHMMSS"; \
+		exit 1; fi
+	$(PGVAULT) restore prefix=$(BACKUP_PREFIX)
+
+clean:
+	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

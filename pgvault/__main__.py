@@ -1,0 +1,3 @@
+from pgvault.cli import main
+
+main()

@@ -1,0 +1,325 @@
+"""`pgvault backup`: one snapshot, three streams, checksums and row counts, a manifest last.
+
+The data path: config -> connection and snapshot -> three client-program streams into
+`.partial` files -> rename -> manifest (the set is complete from this moment) -> retention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import psycopg
+
+from pgvault import __version__, catalog, clients, naming, pipeline, retention
+from pgvault.config import PgvaultConfig
+from pgvault.connection import Conn, conn_for_target, connect
+from pgvault.dumpstream import CopyStats, RolesRewriter
+from pgvault.errors import PgvaultError
+from pgvault.ui import Reporter, mb
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class BackupResult:
+    prefix: str
+    directory: Path
+    files: dict[str, Path]
+    manifest: dict[str, Any]
+    pruned: retention.PruneResult | None = field(default=None)
+
+
+_FACTS_SQL = {
+    "sequences": """
+        SELECT format('%I.%I', schemaname, sequencename), last_value
+        FROM pg_catalog.pg_sequences ORDER BY 1""",
+    "roles": """
+        SELECT rolname FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1""",
+}
+
+
+def _snapshot_facts(pg: psycopg.Connection[tuple[Any, ...]]) -> dict[str, Any]:
+    """Facts a verify can later check, read inside the exported snapshot."""
+    cur = pg.cursor()
+    facts: dict[str, Any] = {}
+    cur.execute(_FACTS_SQL["sequences"])
+    # A sequence never used has no last_value; pg_dump then restores its start value.
+    facts["sequences"] = {name: value for name, value in cur.fetchall()}
+    cur.execute(_FACTS_SQL["roles"])
+    facts["roles"] = [r[0] for r in cur.fetchall()]
+    facts["matviews"] = _populated_matviews(cur)
+    cur.execute("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")
+    row = cur.fetchone()
+    facts["large_objects"] = int(row[0]) if row else 0
+    return facts
+
+
+def _populated_matviews(cur: psycopg.Cursor[tuple[Any, ...]]) -> list[str]:
+    """Populated materialized views, each after the ones it reads from."""
+    cur.execute(
+        """SELECT c.oid, format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'm' AND c.relispopulated ORDER BY c.oid"""
+    )
+    names = {int(oid): str(name) for oid, name in cur.fetchall()}
+    cur.execute(
+        """SELECT DISTINCT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r
+        JOIN pg_catalog.pg_depend d ON d.objid = r.oid
+            AND d.classid = 'pg_catalog.pg_rewrite'::regclass
+        WHERE r.ev_class <> d.refobjid"""
+    )
+    deps: dict[int, set[int]] = {oid: set() for oid in names}
+    for view, ref in cur.fetchall():
+        if int(view) in deps and int(ref) in names:
+            deps[int(view)].add(int(ref))
+    ordered: list[str] = []
+    done: set[int] = set()
+
+    def visit(oid: int, seen: frozenset[int]) -> None:
+        if oid in done or oid in seen:
+            return
+        for ref in sorted(deps[oid]):
+            visit(ref, seen | {oid})
+        done.add(oid)
+        ordered.append(names[oid])
+
+    for oid in sorted(names):
+        visit(oid, frozenset())
+    return ordered
+
+
+def matview_trailer(matviews: list[str]) -> bytes:
+    """pg_dump --data-only leaves materialized views empty; a full pg_dump restore
+    refreshes them after the data, and so does the data file's end."""
+    if not matviews:
+        return b""
+    lines = ["", "-- pgvault: populate materialized views, as a full pg_dump restore does"]
+    lines += [f"REFRESH MATERIALIZED VIEW {name};" for name in matviews]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def choose_prefix(directory: Path, clock: Clock) -> str:
+    """A prefix no file in directory uses yet. Two backups in one second: the second
+    waits for the next second (or, with a clock that stands still, takes the next one)."""
+    taken = {p.prefix for p in _names(directory)}
+    when = clock()
+    prefix = naming.format_prefix(when)
+    if prefix in taken:
+        time.sleep(max(0.0, 1.0 - when.microsecond / 1e6))
+        when = max(clock(), when + timedelta(seconds=1))
+        prefix = naming.format_prefix(when)
+    while prefix in taken:
+        when += timedelta(seconds=1)
+        prefix = naming.format_prefix(when)
+    return prefix
+
+
+def _names(directory: Path) -> list[naming.ParsedName]:
+    out = []
+    for p in directory.iterdir():
+        parsed = naming.parse_file_name(p.name)
+        if parsed is not None:
+            out.append(parsed)
+    return out
+
+
+def remove_stale_partials(directory: Path) -> list[Path]:
+    """Remove `.partial` files left by a killed run. Call only while holding the lock."""
+    removed = []
+    for p in directory.iterdir():
+        parsed = naming.parse_file_name(p.name)
+        if parsed is not None and parsed.partial and p.is_file():
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def run_backup(
+    cfg: PgvaultConfig,
+    ui: Reporter,
+    *,
+    env_name: str = "default",
+    clock: Clock = utc_now,
+    apply_retention: bool = True,
+) -> BackupResult:
+    """Given a config, write one complete set into cfg.dir and apply retention.
+
+    Everything that can be checked is checked before the directory is touched: its
+    name, the compressor, the server (reachable, password, database) and the client
+    programs' version.
+    """
+    catalog.backup_dir(cfg.dir, create=False)
+    conn = conn_for_target(cfg.target)
+    compression = cfg.compression.value
+    compressor = None
+    if compression != "none":
+        argv = clients.COMPRESSORS[compression]
+        compressor = [clients.tool_path(argv[0]), *argv[1:]]
+    with connect(conn, autocommit=True) as pg:
+        server_major = pg.info.server_version // 10000
+        programs = clients.find_programs(
+            server_major, conn.where, clients.CLIENT_PROGRAMS, cfg.clients.bindir
+        )
+        directory = catalog.backup_dir(cfg.dir, create=True)
+        with catalog.locked(directory, timeout=cfg.lock_timeout, what="backup"):
+            remove_stale_partials(directory)
+            result = _write_set(cfg, ui, pg, conn, programs, directory, compressor, env_name, clock)
+            if apply_retention:
+                result.pruned = retention.prune(
+                    directory, cfg.retention, now=clock(), protect=result.prefix
+                )
+    _report(ui, result)
+    return result
+
+
+def _write_set(
+    cfg: PgvaultConfig,
+    ui: Reporter,
+    pg: psycopg.Connection[tuple[Any, ...]],
+    conn: Conn,
+    programs: clients.Programs,
+    directory: Path,
+    compressor: list[str] | None,
+    env_name: str,
+    clock: Clock,
+) -> BackupResult:
+    compression = cfg.compression.value
+    started = clock()
+    server_version = str(pg.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    prefix = choose_prefix(directory, clock)
+    final = {k: directory / naming.file_name(prefix, k, compression) for k in naming.SQL_KINDS}
+    partial = {k: p.with_name(p.name + naming.PARTIAL_SUFFIX) for k, p in final.items()}
+    ui.say(f"Backing up {conn.dbname} at {conn.where} (target {cfg.target.name})...")
+    try:
+        snapshot, facts, stats, tables = _dump(ui, pg, conn, programs, partial, compressor)
+        for kind in naming.SQL_KINDS:
+            partial[kind].rename(final[kind])
+        catalog.fsync_dir(directory)
+        manifest = {
+            "format": catalog.MANIFEST_FORMAT,
+            "tool": "pgvault",
+            "tool_version": __version__,
+            "prefix": prefix,
+            "target": cfg.target.name,
+            "env": env_name,
+            "database": conn.dbname,
+            "host": socket.gethostname(),
+            "server_version": server_version,
+            "server_major": pg.info.server_version // 10000,
+            "clients": {"bindir": str(programs.bindir), "version": programs.version},
+            "snapshot": snapshot,
+            "started_at": started.isoformat(),
+            "finished_at": clock().isoformat(),
+            "compression": compression,
+            "files": {
+                kind: {"name": final[kind].name, "size": st.size, "sha256": st.sha256}
+                for kind, st in sorted(stats.items())
+            },
+            # Where the schema file's post-data part (indexes, constraints, triggers) starts.
+            "schema_post_data_offset": stats["schema"].offsets[1],
+            "tables": tables,
+            **facts,
+        }
+        catalog.write_json_atomic(directory / naming.file_name(prefix, "manifest"), manifest)
+    except BaseException as e:
+        # Without its manifest the set is incomplete anyway; remove it so it cannot mislead.
+        for p in (*final.values(), *partial.values()):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        if isinstance(e, OSError):
+            raise _write_error(e, directory) from None
+        raise
+    return BackupResult(prefix, directory, final, manifest)
+
+
+def _dump(
+    ui: Reporter,
+    pg: psycopg.Connection[tuple[Any, ...]],
+    conn: Conn,
+    programs: clients.Programs,
+    partial: dict[str, Path],
+    compressor: list[str] | None,
+) -> tuple[dict[str, str], dict[str, Any], dict[str, pipeline.FileStats], dict[str, Any]]:
+    """Run the three dumps into the partial files; return the snapshot, the facts read in
+    it, each file's stats and the per-table row counts and checksums."""
+    # Schema and data must see one state of the database: export a snapshot from a
+    # transaction that stays open until both pg_dump runs have finished.
+    pg.autocommit = False
+    pg.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    pg.read_only = True
+    try:
+        row = pg.execute("SELECT pg_catalog.pg_export_snapshot(), now()").fetchone()
+        assert row is not None
+        snapshot = str(row[0])
+        facts = _snapshot_facts(pg)
+        env = conn.env()
+        pg_dump, info = programs.path("pg_dump"), conn.conninfo
+        copy_stats = CopyStats()
+        stats: dict[str, pipeline.FileStats] = {}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures: dict[str, Future[pipeline.FileStats]] = {
+                "roles": pool.submit(
+                    pipeline.stream_to_file,
+                    [[programs.path("pg_dumpall"), *clients.pg_dumpall_roles_args(info)]],
+                    env,
+                    partial["roles"],
+                    transform=RolesRewriter(),
+                ),
+                "schema": pool.submit(
+                    pipeline.stream_to_file,
+                    [
+                        [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "pre-data")],
+                        [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "post-data")],
+                    ],
+                    env,
+                    partial["schema"],
+                ),
+            }
+            with ui.transfer("data") as progress:
+                stats["data"] = pipeline.stream_to_file(
+                    [[pg_dump, *clients.pg_dump_data_args(info, snapshot)]],
+                    env,
+                    partial["data"],
+                    observers=[copy_stats],
+                    compressor=compressor,
+                    progress=progress,
+                    trailer=matview_trailer(facts["matviews"]),
+                )
+            for kind, fut in futures.items():
+                stats[kind] = fut.result()
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            pg.rollback()
+    snap = {"id": snapshot, "time": cast(datetime, row[1]).isoformat()}
+    return snap, facts, stats, copy_stats.result()
+
+
+def _write_error(e: OSError, directory: Path) -> PgvaultError:
+    hint = "free some space or pick another dir" if e.errno in (28, 27) else "check the directory"
+    return PgvaultError(f"cannot write the backup into {directory}: {e.strerror}", hint)
+
+
+def _report(ui: Reporter, result: BackupResult) -> None:
+    ui.ok("Backup completed successfully!")
+    ui.say("Files created:")
+    total = 0
+    for kind in naming.SQL_KINDS:
+        size = int(result.manifest["files"][kind]["size"])
+        total += size
+        ui.say(f"  - {result.files[kind].name} ({mb(size)})")
+    ui.say(f"Total size: {mb(total)}")
+    ui.say(f"Location: {result.directory}")
+    if result.pruned is not None:
+        retention.report(ui, result.pruned)

@@ -1,0 +1,227 @@
+"""A directory of backup sets: checking it, scanning it, manifests, and its lock.
+
+A set is complete only when its manifest exists and every file it names is there; the
+manifest is written last, atomically, so no crash can leave a set that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pgvault import naming
+from pgvault.errors import ConfigError, IntegrityError, LockBusy, PgvaultError
+
+LOCK_NAME = ".pgvault.lock"
+MANIFEST_FORMAT = 1
+
+
+def backup_dir(value: str | None, *, create: bool) -> Path:
+    """Check the configured directory and return it; create it 0700 when asked to."""
+    if value is None or value == "":
+        raise ConfigError(
+            "no backup directory: BACKUP_DIR is not set",
+            "export BACKUP_DIR=/abs/path or pass dir=/abs/path",
+        )
+    path = Path(value)
+    if not path.is_absolute():
+        raise ConfigError(
+            f"dir must be an absolute path, got '{value}'", f"use dir={Path(value).absolute()}"
+        )
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is not a directory", "point dir at a directory")
+    if create and not path.exists():
+        try:
+            path.mkdir(mode=0o700, parents=True)
+        except OSError as e:
+            raise PgvaultError(
+                f"cannot create {path}: {e.strerror}", "create it or pick a writable dir"
+            ) from None
+    if create:
+        # A real write, not os.access(): root passes access checks on a read-only mount.
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            raise PgvaultError(
+                f"{path} is not writable: {e.strerror}", "fix its permissions or pick another dir"
+            ) from None
+    return path
+
+
+@dataclass
+class BackupSet:
+    """What the directory holds for one prefix."""
+
+    prefix: str
+    files: dict[str, Path] = field(default_factory=dict)
+    partial: list[Path] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+    manifest_error: str | None = None
+
+    @property
+    def time(self) -> datetime | None:
+        try:
+            return naming.parse_prefix(self.prefix)
+        except ValueError:
+            return None
+
+    @property
+    def parseable(self) -> bool:
+        return self.time is not None
+
+    @property
+    def expected(self) -> dict[str, str]:
+        """kind -> file name the set must have."""
+        comp = "none"
+        if self.manifest is not None:
+            comp = str(self.manifest.get("compression", "none"))
+        elif "data" in self.files:
+            parsed = naming.parse_file_name(self.files["data"].name)
+            comp = parsed.compression if parsed else "none"
+        names = {k: naming.file_name(self.prefix, k, comp) for k in naming.SQL_KINDS}
+        names["manifest"] = naming.file_name(self.prefix, "manifest")
+        return names
+
+    @property
+    def missing(self) -> list[str]:
+        present = {p.name for p in self.files.values()}
+        return [name for name in self.expected.values() if name not in present]
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is not None and not self.missing and self.parseable
+
+    def all_paths(self) -> list[Path]:
+        return [*self.files.values(), *self.partial]
+
+    def total_size(self) -> int:
+        total = 0
+        for p in self.files.values():
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+
+def scan(directory: Path) -> list[BackupSet]:
+    """Every set in directory, newest first. Files pgvault did not write are ignored."""
+    sets: dict[str, BackupSet] = {}
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        parsed = naming.parse_file_name(entry.name)
+        if parsed is None or not entry.is_file(follow_symlinks=False):
+            continue
+        bset = sets.setdefault(parsed.prefix, BackupSet(parsed.prefix))
+        if parsed.partial:
+            bset.partial.append(Path(entry.path))
+        elif parsed.kind == "data" and "data" in bset.files:
+            bset.partial.append(Path(entry.path))  # two data files: treat the extra as stray
+        else:
+            bset.files[parsed.kind] = Path(entry.path)
+    for bset in sets.values():
+        if "manifest" in bset.files:
+            try:
+                bset.manifest = read_manifest(bset.files["manifest"])
+            except IntegrityError as e:
+                bset.manifest_error = e.what
+    return [sets[p] for p in naming.sort_newest_first(list(sets))]
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise IntegrityError(f"manifest {path.name} is unreadable: {e}", "") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise IntegrityError(f"manifest {path.name} is not a pgvault manifest", "")
+    return data
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to path via a temporary file, fsync and rename: all or nothing."""
+    tmp = path.with_name(path.name + naming.PARTIAL_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(directory: Path, *, timeout: float = 0.0, what: str = "backup") -> Iterator[None]:
+    """Hold the directory's exclusive lock (one writer at a time), waiting up to timeout."""
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(fd)
+                    raise LockBusy(
+                        f"another pgvault {holder or 'run'} is using {directory}",
+                        "wait for it to finish, or pass lock_timeout=SECONDS to wait",
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what} pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_locked(directory: Path) -> bool:
+    """True while some pgvault process holds the directory's lock."""
+    path = directory / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""

@@ -1,0 +1,222 @@
+"""argv -> command + Hydra overrides; our errors -> one line on stderr and an exit code.
+
+Hydra has no subcommands: the first word picks the command and becomes `command=NAME`
+for one `@hydra.main` app, so --help, --multirun, tab completion and --cfg behave as
+Hydra users expect. HYDRA_FULL_ERROR=1 makes Hydra raise instead of printing, so every
+error, Hydra's included, reaches main() and leaves as one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pgvault.errors import ConfigError, PgvaultError
+
+COMMANDS = ("backup", "list", "prune", "restore", "verify")
+_HYDRA_FLAGS = {
+    "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+    "--version", "--cfg", "-c", "--multirun", "-m", "--resolve", "--package", "-p",
+}  # fmt: skip
+
+
+def packaged_conf_dir() -> Path:
+    """conf/ inside an installed wheel, else the top-level conf/ of a source checkout."""
+    here = Path(__file__).resolve().parent
+    inside = here / "conf"
+    return inside if (inside / "config.yaml").is_file() else here.parent / "conf"
+
+
+def user_conf_dir() -> Path | None:
+    """The user's own configs: $PGVAULT_CONFIG_DIR, else ./conf; None when absent."""
+    env = os.environ.get("PGVAULT_CONFIG_DIR")
+    if env:
+        path = Path(env)
+        if not path.is_dir():
+            raise ConfigError(
+                f"PGVAULT_CONFIG_DIR={env} is not a directory", "create it or unset it"
+            )
+        return path.resolve()
+    local = Path.cwd() / "conf"
+    return local.resolve() if local.is_dir() else None
+
+
+def search_setup() -> tuple[str, list[str]]:
+    """Return (main config dir, extra overrides).
+
+    A user's conf/ with its own config.yaml becomes the main config dir (so every one
+    of its files wins) and the packaged configs come after it. Without a config.yaml
+    the packaged dir stays main and the user's dir follows it: its new targets, envs
+    and policies are found, but a file named like a packaged one cannot replace it
+    (Hydra 1.3 cannot find the primary config outside the main dir), so we say so.
+    """
+    packaged = packaged_conf_dir()
+    user = user_conf_dir()
+    if user is None or user == packaged.resolve():
+        return str(packaged), []
+    if (user / "config.yaml").is_file():
+        return str(user), [f"hydra.searchpath=[file://{packaged}]"]
+    for path in sorted(user.glob("*/*.yaml")):
+        rel = path.relative_to(user)
+        if (packaged / rel).is_file():
+            print(
+                f"pgvault: warning: {path} does not replace the packaged {rel}; give it "
+                f"another name and select it ({rel.parent}={rel.stem}x), or add a config.yaml",
+                file=sys.stderr,
+            )
+    return str(packaged), [f"hydra.searchpath=[file://{user}]"]
+
+
+def split_command(argv: list[str]) -> tuple[str, list[str]]:
+    """Return (command, the rest). Hydra flags alone (e.g. --help) imply `backup`."""
+    if not argv or (argv[0] in ("-h", "--help") and len(argv) == 1):
+        if not argv:
+            raise ConfigError(
+                "no command given", f"use one of: {', '.join(COMMANDS)} (pgvault --help)"
+            )
+        return "backup", argv
+    first = argv[0]
+    if first in COMMANDS:
+        return first, argv[1:]
+    if first.split("=")[0] in _HYDRA_FLAGS:
+        return "backup", argv
+    raise ConfigError(
+        f"unknown command '{first}'", f"use one of: {', '.join(COMMANDS)} (pgvault --help)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    try:
+        if any(a in ("-sc", "--shell-completion") for a in args) and _complete_command():
+            return
+        command, rest = split_command(args)
+        config_dir, extra = search_setup()
+        if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in rest):
+            from pgvault.showconfig import show_config
+
+            show_config(config_dir, [*extra, *rest, f"command={command}"])
+            return
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        _run_hydra(config_dir, [*extra, *rest, f"command={command}"])
+    except PgvaultError as e:
+        _fail(e.line(), e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted (nothing that was unfinished was kept)", 130)
+    except Exception as e:
+        if full_error:
+            raise
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if isinstance(e, HydraException | OmegaConfBaseException):
+            _fail(hydra_error_line(e), 2)
+        raise
+
+
+def _complete_command() -> bool:
+    """Make Hydra's shell completion see the words after the command.
+
+    The completion script passes the whole line in COMP_LINE; Hydra would read the
+    command word as a malformed override. Completing the command word itself is ours.
+    Returns True when the completion was answered here.
+    """
+    line = os.environ.get("COMP_LINE")
+    if line is None:
+        return False
+    point = int(os.environ.get("COMP_POINT", len(line)))
+    words = line[:point].split(" ")
+    if len(words) == 2 and "=" not in words[1]:
+        print(" ".join(c for c in COMMANDS if c.startswith(words[1])))
+        return True
+    if len(words) > 2 and words[1] in COMMANDS:
+        cut = len(words[0]) + 1 + len(words[1])
+        os.environ["COMP_LINE"] = line[: cut - len(words[1]) - 1] + line[cut:]
+        os.environ["COMP_POINT"] = str(point - len(words[1]) - 1)
+    return False
+
+
+def _fail(line: str, code: int) -> NoReturn:
+    from pgvault.connection import mask_secrets
+
+    print(f"pgvault: error: {mask_secrets(line)}", file=sys.stderr)
+    sys.exit(code)
+
+
+def hydra_error_line(e: BaseException) -> str:
+    """Fold a Hydra/OmegaConf error and its cause into one line with a hint."""
+    parts = []
+    for ex in (e, e.__cause__):
+        if ex is None:
+            continue
+        text = str(ex).split("\n    full_key:")[0].split("\nConfig search path:")[0]
+        text = re.sub(r"\s*\n\s*", " ", text).strip()
+        if text and text not in parts:
+            parts.append(text)
+    what = "; ".join(parts) or type(e).__name__
+    return f"invalid configuration: {what} (see `pgvault --help` and `pgvault backup --cfg job`)"
+
+
+def _run_hydra(config_dir: str, args: list[str]) -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    from pgvault import config
+
+    config.register()
+    # Our errors are kept here rather than raised through Hydra, which would print its
+    # own "Error executing job" line; a multirun thus runs every job, then reports.
+    failures: list[PgvaultError] = []
+
+    @hydra.main(version_base="1.3", config_path=config_dir, config_name="config")
+    def app(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+        try:
+            dispatch(config.to_typed(cfg), env_name=str(choices.get("env", "default")))
+        except PgvaultError as e:
+            failures.append(e)
+
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "pgvault", *args]
+    try:
+        app()
+    finally:
+        sys.argv = saved
+    for e in failures[:-1]:
+        print(f"pgvault: error: {e.line()}", file=sys.stderr)
+    if failures:
+        raise failures[-1]
+
+
+def dispatch(cfg: Any, *, env_name: str = "default") -> None:
+    """Run one command on a typed config; raises PgvaultError on failure."""
+    from pgvault.config import Command
+    from pgvault.ui import Reporter
+
+    ui = Reporter(quiet=cfg.quiet)
+    if cfg.command is Command.backup:
+        from pgvault.backup import run_backup
+
+        run_backup(cfg, ui, env_name=env_name)
+    elif cfg.command is Command.list:
+        from pgvault.listing import run_list  # type: ignore[import-not-found]
+
+        run_list(cfg, ui)
+    elif cfg.command is Command.prune:
+        from pgvault.listing import run_prune
+
+        run_prune(cfg, ui)
+    elif cfg.command is Command.restore:
+        from pgvault.restore import run_restore  # type: ignore[import-not-found]
+
+        run_restore(cfg, ui, env_name=env_name)
+    elif cfg.command is Command.verify:
+        from pgvault.verify import run_verify  # type: ignore[import-not-found]
+
+        run_verify(cfg, ui)

@@ -1,0 +1,137 @@
+"""Reaching a target database: a password-free conninfo, libpq's environment, and
+psycopg connections whose failures become one clear line."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgvault.config import TargetConfig
+from pgvault.errors import ConfigError, ServerError
+
+_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
+_KW_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_YAML_PASSWORD = re.compile(r"^(\s*password:\s*)(\S.*)$", re.MULTILINE | re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """Return text with passwords in URLs, conninfo strings and YAML keys replaced by ****."""
+    text = _URL_PASSWORD.sub(r"\1****\3", text)
+    text = _KW_PASSWORD.sub(r"\1****", text)
+    return _YAML_PASSWORD.sub(r"\1****", text)
+
+
+@dataclass(frozen=True)
+class Conn:
+    """How to reach one database without a password in any argv.
+
+    conninfo is safe to show and to pass to client programs; the password travels in
+    env (PGPASSWORD) only.
+    """
+
+    conninfo: str
+    password: str | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, str]:
+        return {k: str(v) for k, v in conninfo_to_dict(self.conninfo).items()}
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Return the environment for a client program talking to this database."""
+        env = dict(os.environ if base is None else base)
+        env.update(self.extra_env)
+        env.setdefault("PGAPPNAME", "pgvault")
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def with_dbname(self, dbname: str) -> Conn:
+        params = self.params
+        params["dbname"] = dbname
+        return Conn(make_conninfo(**params), self.password, self.extra_env)
+
+    @property
+    def dbname(self) -> str:
+        return self.params.get("dbname") or os.environ.get("PGDATABASE") or self.user
+
+    @property
+    def user(self) -> str:
+        import getpass
+
+        return self.params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+
+    @property
+    def where(self) -> str:
+        """host:port for messages, after libpq's defaults."""
+        host = self.params.get("host") or os.environ.get("PGHOST") or "/var/run/postgresql"
+        port = self.params.get("port") or os.environ.get("PGPORT") or "5432"
+        return f"{host}:{port}"
+
+
+def conn_for_target(target: TargetConfig) -> Conn:
+    """Given a target, return its Conn: target.url, else DATABASE_URL, else libpq's env."""
+    url = target.url or os.environ.get("DATABASE_URL") or ""
+    return conn_from_url(url, what=f"target '{target.name}'")
+
+
+def conn_from_url(url: str, what: str = "database URL") -> Conn:
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as e:
+        raise ConfigError(
+            f"{what} is not a valid connection string: {mask_secrets(str(e))}",
+            "use postgresql://user@host:port/dbname",
+        ) from None
+    password = params.pop("password", None)
+    rest = {k: str(v) for k, v in params.items() if v is not None}
+    return Conn(make_conninfo(**rest), None if password is None else str(password))
+
+
+def connect(conn: Conn, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+    """Open a psycopg connection, turning libpq's failures into ServerError."""
+    kwargs: dict[str, object] = {"autocommit": autocommit, "application_name": "pgvault"}
+    if conn.password is not None:
+        kwargs["password"] = conn.password
+    try:
+        return psycopg.connect(conn.conninfo, **kwargs)  # type: ignore[arg-type]
+    except psycopg.OperationalError as e:
+        raise explain_connect_error(conn, str(e)) from None
+
+
+def explain_connect_error(conn: Conn, message: str) -> ServerError:
+    """Turn a libpq connection error text into a one-line ServerError with a hint."""
+    msg = mask_secrets(message.strip())
+    first = msg.splitlines()[0] if msg else "connection failed"
+    if "password authentication failed" in msg or "no password supplied" in msg:
+        return ServerError(
+            f"authentication failed for user '{conn.user}' at {conn.where}",
+            "check the password in PGPASSWORD, ~/.pgpass or the target URL",
+        )
+    if re.search(r'database "[^"]*" does not exist', msg):
+        return ServerError(
+            f"database '{conn.dbname}' does not exist on {conn.where}",
+            "create it or pick another with target.url=... / PGDATABASE",
+        )
+    if re.search(r'role "[^"]*" does not exist', msg):
+        return ServerError(
+            f"role '{conn.user}' does not exist on {conn.where}",
+            "connect as an existing role (PGUSER or the user in target.url)",
+        )
+    if (
+        "Connection refused" in msg
+        or "No such file or directory" in msg
+        or "could not connect" in msg
+        or "timeout expired" in msg
+    ):
+        return ServerError(
+            f"PostgreSQL does not appear to be running at {conn.where}",
+            "start it (e.g. `supabase start` or `pg_ctlcluster 15 main start`) "
+            "or point target.url / PGHOST / PGPORT at a running server",
+        )
+    return ServerError(f"cannot connect to {conn.where}: {first}", "check the target settings")

@@ -1,0 +1,91 @@
+"""Names of backup sets and their files: format, parse, order. Pure functions."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+PREFIX_FORMAT = "backup-%Y-%m-%d-%H%M%S"
+_PREFIX_RE = re.compile(r"backup-(\d{4})-(\d{2})-(\d{2})-(\d{2})(\d{2})(\d{2})")
+
+# The set's SQL files, in the order they restore.
+SQL_KINDS = ("roles", "schema", "data")
+KINDS = (*SQL_KINDS, "manifest", "verify")
+COMPRESSION_SUFFIX = {"none": "", "gzip": ".gz", "zstd": ".zst"}
+PARTIAL_SUFFIX = ".partial"
+
+_FILE_RE = re.compile(
+    r"(?P<prefix>backup-\d{4}-\d{2}-\d{2}-\d{6})-"
+    r"(?:(?P<sql>roles|schema)\.sql|data\.sql(?P<comp>\.gz|\.zst)?|(?P<json>manifest|verify)\.json)"
+    r"(?P<partial>\.partial)?"
+)
+
+
+def format_prefix(when: datetime) -> str:
+    """Given an aware datetime, return the set prefix for it in UTC."""
+    if when.tzinfo is None:
+        raise ValueError("naive datetime")
+    return when.astimezone(UTC).strftime(PREFIX_FORMAT)
+
+
+def parse_prefix(prefix: str) -> datetime:
+    """Given a set prefix, return its UTC time; ValueError if it is not a pgvault prefix."""
+    m = _PREFIX_RE.fullmatch(prefix)
+    if m is None:
+        raise ValueError(f"not a pgvault prefix: {prefix!r}")
+    y, mo, d, h, mi, s = (int(g) for g in m.groups())
+    return datetime(y, mo, d, h, mi, s, tzinfo=UTC)
+
+
+def is_prefix(text: str) -> bool:
+    try:
+        parse_prefix(text)
+    except ValueError:
+        return False
+    return True
+
+
+def file_name(prefix: str, kind: str, compression: str = "none") -> str:
+    """Return the file name of one part of a set."""
+    if kind == "data":
+        return f"{prefix}-data.sql{COMPRESSION_SUFFIX[compression]}"
+    if kind in ("manifest", "verify"):
+        return f"{prefix}-{kind}.json"
+    if kind in SQL_KINDS:
+        return f"{prefix}-{kind}.sql"
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class ParsedName:
+    """What a file name in a backup directory says about itself."""
+
+    prefix: str
+    kind: str
+    compression: str
+    partial: bool
+
+
+def parse_file_name(name: str) -> ParsedName | None:
+    """Return what a file name means, or None when it is not a file pgvault writes.
+
+    Names with an impossible date (month 13) are pgvault-shaped but unparseable: they
+    come back with their prefix so callers can report them, and parse_prefix fails on it.
+    """
+    m = _FILE_RE.fullmatch(name)
+    if m is None:
+        return None
+    if m["sql"]:
+        kind = m["sql"]
+    elif m["json"]:
+        kind = m["json"]
+    else:
+        kind = "data"
+    comp = {None: "none", ".gz": "gzip", ".zst": "zstd"}[m["comp"]]
+    return ParsedName(m["prefix"], kind, comp, m["partial"] is not None)
+
+
+def sort_newest_first(prefixes: list[str]) -> list[str]:
+    """Order prefixes newest first; their fixed-width UTC format sorts as text."""
+    return sorted(prefixes, reverse=True)

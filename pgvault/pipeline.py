@@ -1,0 +1,255 @@
+"""Running client programs as streaming pipelines, with every stage's exit status checked.
+
+Bytes that must be counted or hashed pass through Python in large chunks; everything else
+goes from process to process or file. Each stage's stderr goes to its own temporary file,
+so a chatty stage can never deadlock a pipe, and is shown when the stage fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+from plumbum import local
+
+from pgvault.connection import mask_secrets
+from pgvault.errors import ClientProgramError
+
+CHUNK = 1 << 20
+_PIPE_SIZE = 1 << 20
+
+
+class Observer(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class FileStats:
+    sha256: str
+    size: int
+    # Byte offset in the file at which each source's output begins (uncompressed files).
+    offsets: tuple[int, ...] = ()
+
+
+def command(argv: Sequence[str]) -> object:
+    """A plumbum command for argv (the program first)."""
+    return local[argv[0]][list(argv[1:])]
+
+
+def _widen(pipe: IO[bytes] | None) -> None:
+    # Fewer, larger reads: a 1 MiB pipe instead of 64 KiB (Linux only; harmless elsewhere).
+    if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+
+
+class Stage:
+    """One running process with its stderr captured to a temporary file."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        stdin: int | IO[bytes] | None = None,
+        stdout: int | IO[bytes] | None = subprocess.PIPE,
+    ) -> None:
+        self.name = Path(argv[0]).name
+        self.argv = list(argv)
+        self.errfile = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        try:
+            self.proc: subprocess.Popen[bytes] = command(argv).popen(  # type: ignore[attr-defined]
+                stdin=stdin, stdout=stdout, stderr=self.errfile, env=dict(env)
+            )
+        except OSError as e:
+            self.errfile.close()
+            raise ClientProgramError(
+                f"cannot start {self.name}: {e.strerror}", "check the PostgreSQL installation"
+            ) from None
+        _widen(self.proc.stdout)
+
+    def stderr_text(self) -> str:
+        self.errfile.seek(0)
+        return mask_secrets(self.errfile.read().decode("utf-8", "replace"))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def check(self) -> None:
+        """Wait for the stage and raise ClientProgramError unless it exited 0."""
+        code = self.proc.wait()
+        if code != 0:
+            raise stage_failure(self.name, code, self.stderr_text())
+
+    def close(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        self.errfile.close()
+
+
+def stage_failure(name: str, code: int, stderr: str) -> ClientProgramError:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    # The first error line says what went wrong; later ones are usually consequences.
+    errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
+    detail = (errors or lines or [f"exit status {code}"])[0]
+    if code < 0:
+        detail = f"killed by signal {-code}" + (f": {detail}" if lines else "")
+    return ClientProgramError(f"{name} failed: {detail}", "see the message above; nothing was kept")
+
+
+@contextlib.contextmanager
+def stages() -> Iterator[list[Stage]]:
+    """Hold the running stages of a pipeline; on any exception kill them all."""
+    running: list[Stage] = []
+    try:
+        yield running
+    except BaseException:
+        for st in running:
+            st.kill()
+        raise
+    finally:
+        for st in running:
+            st.close()
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class _Sink:
+    """Where a stream's bytes go: observers, then the file, through a compressor if any.
+
+    The file's sha256 and size are taken of the bytes that reach it (after compression).
+    """
+
+    def __init__(self, fd: int, observers: Sequence[Observer], comp: Stage | None) -> None:
+        self.fd = fd
+        self.observers = observers
+        self.comp = comp
+        self.hash = hashlib.sha256()
+        self.written = 0
+        self.errors: list[BaseException] = []
+        self.pump: threading.Thread | None = None
+        if comp is not None:
+            _widen(comp.proc.stdin)
+            self.pump = threading.Thread(target=self._pump, daemon=True)
+            self.pump.start()
+
+    def _to_file(self, chunk: bytes) -> None:
+        self.hash.update(chunk)
+        write_all(self.fd, chunk)
+        self.written += len(chunk)
+
+    def _pump(self) -> None:
+        assert self.comp is not None and self.comp.proc.stdout is not None
+        try:
+            while chunk := self.comp.proc.stdout.read(CHUNK):
+                self._to_file(chunk)
+        except BaseException as e:  # re-raised by the main thread in finish()
+            self.errors.append(e)
+            self.comp.kill()
+
+    def write(self, chunk: bytes) -> None:
+        for obs in self.observers:
+            obs.feed(chunk)
+        if self.comp is None:
+            self._to_file(chunk)
+            return
+        assert self.comp.proc.stdin is not None
+        try:
+            self.comp.proc.stdin.write(chunk)
+        except BrokenPipeError:
+            self.comp.check()  # the compressor died: its exit status says why
+            raise
+
+    def finish(self) -> None:
+        if self.comp is None:
+            return
+        assert self.comp.proc.stdin is not None and self.pump is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.comp.proc.stdin.close()
+        self.pump.join()
+        if self.errors:
+            raise self.errors[0]
+        self.comp.check()
+
+
+def stream_to_file(
+    sources: Sequence[Sequence[str]],
+    env: Mapping[str, str],
+    dest: Path,
+    *,
+    transform: Callable[[bytes], bytes] | None = None,
+    observers: Sequence[Observer] = (),
+    compressor: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    trailer: bytes = b"",
+) -> FileStats:
+    """Run each argv in sources, one after another, streaming their stdout into a new
+    file dest (mode 0600).
+
+    Each chunk goes through transform, to the observers, then (optionally) through a
+    compressor; trailer is appended at the end. The sha256 and size are of the bytes
+    written to dest. On failure every stage is killed, dest removed, and the error raised.
+    """
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with stages() as running:
+            comp = None
+            if compressor is not None:
+                comp = Stage(compressor, env, stdin=subprocess.PIPE)
+                running.append(comp)
+            sink = _Sink(fd, observers, comp)
+            total = 0
+            offsets = []
+            for argv in sources:
+                offsets.append(sink.written)
+                source = Stage(argv, env)
+                running.append(source)
+                assert source.proc.stdout is not None
+                while chunk := source.proc.stdout.read(CHUNK):
+                    total += len(chunk)
+                    sink.write(transform(chunk) if transform is not None else chunk)
+                    if progress is not None:
+                        progress(total)
+                source.check()
+            tail = (transform(b"") if transform is not None else b"") + trailer
+            if tail:
+                sink.write(tail)
+            sink.finish()
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()
+        raise
+    os.close(fd)
+    return FileStats(sink.hash.hexdigest(), sink.written, tuple(offsets))
+
+
+def run_text(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """Run a short command, check it, and return its stdout as text."""
+    with stages() as running:
+        st = Stage(argv, env if env is not None else os.environ)
+        running.append(st)
+        out, _ = st.proc.communicate()
+        st.check()
+        return out.decode("utf-8", "replace")

@@ -1,0 +1,256 @@
+"""What the benchmark measures, each against what it replaces.
+
+backup  (issue 2): `pgvault backup` vs the seed's three programs run one after another.
+list    (issue 3): `pgvault list` over 1,000 sets vs the same command on an empty dir.
+restore (issue 4): `pgvault restore` vs the seed's single psql run, on the same files.
+verify  (issue 5): `pgvault verify` vs the seed's psql restore plus 3 s.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from pgvault import catalog, naming
+from pgvault.clients import Programs
+from pgvault.cluster import Cluster
+from pgvault.connection import connect
+
+from .measure import BenchError, Sample, clean_env, median, run_pgvault, run_sequence, run_timed
+from .report import Row, announce
+
+LIST_SETS = 1000
+VERIFY_ALLOWANCE = 3.0  # seconds issue 5 grants verify beyond a plain restore
+
+
+@dataclass
+class Bench:
+    """What every measurement needs: the cluster, its programs, a work dir, repeats."""
+
+    cluster: Cluster
+    programs: Programs
+    work: Path
+    repeat: int
+    keep: bool = False
+
+    def env(self, dbname: str) -> dict[str, str]:
+        """libpq's environment for the CLI and the bare programs, as a user would set it."""
+        c = self.cluster
+        return clean_env(
+            PGHOST=str(c.socket_dir), PGPORT=str(c.port), PGUSER=c.superuser, PGDATABASE=dbname
+        )
+
+    def sql(self, statement: str) -> None:
+        with connect(self.cluster.conn(), autocommit=True) as pg:
+            pg.execute(statement)
+
+    def fresh_db(self, name: str) -> str:
+        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.sql(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_db(self, name: str) -> None:
+        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def tool(self, name: str) -> str:
+        return self.programs.path(name)
+
+
+def available(module: str, function: str) -> bool:
+    """Whether the command's module has been written yet (another helper may be on it)."""
+    if importlib.util.find_spec(module) is None:
+        return False
+    return hasattr(importlib.import_module(module), function)
+
+
+def prepare(b: Bench, scale: int) -> str:
+    """A pgbench database at this scale, made by the real `pgbench -i`."""
+    db = b.fresh_db(f"pgbench_s{scale}")
+    argv = [b.tool("pgbench"), "-i", "-q", "-s", str(scale)]
+    run_timed(argv, b.env(db), b.work, name="pgbench -i")
+    return db
+
+
+def fresh_dir(parent: Path, name: str) -> Path:
+    path = parent / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def bench_backup(b: Bench, scale: int, db: str) -> tuple[list[Row], Path, str]:
+    """Return the rows, and the directory and prefix of one pgvault set kept for later."""
+    env, base = b.env(db), b.work / f"s{scale}"
+    ours: list[Sample] = []
+    seed: list[float] = []
+    kept = base / "set"
+    for i in range(b.repeat):
+        # Alternate who goes first, so neither always gets the warmer cache.
+        for who in ("pgvault", "seed") if i % 2 == 0 else ("seed", "pgvault"):
+            if who == "pgvault":
+                d = fresh_dir(base, "set")
+                ours.append(run_pgvault(["backup", f"dir={d}", "quiet=true"], env, b.work))
+            else:
+                d = fresh_dir(base, "seed-backup")
+                seed.append(run_sequence(seed_backup_steps(b, d), env, b.work))
+                shutil.rmtree(d)
+    sets = catalog.scan(kept)
+    if len(sets) != 1 or not sets[0].complete:
+        raise BenchError(f"pgvault backup left no complete set in {kept}")
+    rss = [s.rss_mb for s in ours if s.rss_mb is not None]
+    rows = [
+        Row(scale, "backup", "s", median([s.seconds for s in ours]), median(seed),
+            "seed dumps", max_ratio=1.05),
+        Row(scale, "backup peak RSS", "MB", max(rss) if rss else None,
+            max_value=150, note="" if rss else "error: no RSS reported"),
+    ]  # fmt: skip
+    return rows, kept, sets[0].prefix
+
+
+def seed_backup_steps(b: Bench, d: Path) -> list[tuple[list[str], Path]]:
+    """The seed's backup: `pg_dumpall --roles-only > roles.sql; pg_dump --schema-only >
+    schema.sql; pg_dump --data-only > data.sql`."""
+    return [
+        ([b.tool("pg_dumpall"), "--roles-only"], d / "roles.sql"),
+        ([b.tool("pg_dump"), "--schema-only"], d / "schema.sql"),
+        ([b.tool("pg_dump"), "--data-only"], d / "data.sql"),
+    ]
+
+
+def synthetic_sets(source: Path, prefix: str, dest: Path, count: int) -> None:
+    """Fill dest with count sets made from one real set: its files hard-linked (no copy
+    of the data) under new prefixes, each with a manifest rewritten to match."""
+    manifest = catalog.read_manifest(source / naming.file_name(prefix, "manifest"))
+    when = naming.parse_prefix(prefix)
+    for i in range(count):
+        stamp = when - timedelta(hours=i + 1)
+        new = naming.format_prefix(stamp)
+        m = json.loads(json.dumps(manifest))
+        m["prefix"] = new
+        m["started_at"] = m["finished_at"] = stamp.isoformat()
+        for kind, entry in m["files"].items():
+            old_name = entry["name"]
+            entry["name"] = naming.file_name(new, kind, m["compression"])
+            os.link(source / old_name, dest / entry["name"])
+        catalog.write_json_atomic(dest / naming.file_name(new, "manifest"), m)
+
+
+def bench_list(b: Bench, scale: int, set_dir: Path, prefix: str) -> list[Row]:
+    if not available("pgvault.listing", "run_list"):
+        return [Row(scale, "list", note="skipped: pgvault list not available")]
+    many = fresh_dir(b.work / f"s{scale}", "list")
+    synthetic_sets(set_dir, prefix, many, LIST_SETS)
+    empty = fresh_dir(b.work / f"s{scale}", "list-empty")
+    env = b.env("postgres")
+    rows = []
+    for fmt_args, label in (([], "text"), (["format=json"], "json")):
+        base = [run_pgvault(["list", f"dir={empty}", *fmt_args], env, b.work).seconds
+                for _ in range(b.repeat)]  # fmt: skip
+        runs = [run_pgvault(["list", f"dir={many}", *fmt_args], env, b.work).seconds
+                for _ in range(b.repeat)]  # fmt: skip
+        rows.append(Row(scale, f"list {LIST_SETS} sets ({label})", "s", median(runs),
+                        median(base), "empty dir", max_value=1.0,
+                        target_text="< 1 s (well under)"))  # fmt: skip
+    if not b.keep:
+        shutil.rmtree(many)
+    return rows
+
+
+def seed_restore(b: Bench, set_dir: Path, prefix: str, db: str) -> float:
+    """The seed's restore of pgvault's files: one psql run in a single transaction."""
+    f = {k: str(set_dir / naming.file_name(prefix, k)) for k in naming.SQL_KINDS}
+    argv = [
+        b.tool("psql"), "-X", "--single-transaction", "-v", "ON_ERROR_STOP=1",
+        "-f", f["roles"], "-f", f["schema"],
+        "-c", "SET session_replication_role = replica", "-f", f["data"],
+    ]  # fmt: skip
+    seconds, _ = run_timed(argv, b.env(db), b.work, name="seed psql restore")
+    return seconds
+
+
+def restore_args(set_dir: Path, prefix: str) -> list[str]:
+    # The target is the configured one (PGDATABASE = a fresh, empty database).
+    return [
+        "restore", f"dir={set_dir}", f"prefix={prefix}", "yes=true",
+        "restore.safety_backup=false", "quiet=true",
+    ]  # fmt: skip
+
+
+def bench_restore(b: Bench, scale: int, set_dir: Path, prefix: str) -> tuple[list[Row], float]:
+    """Return the rows and the seed restore's median (verify's baseline)."""
+    ours = available("pgvault.restore", "run_restore")
+    note = "" if ours else "skipped: pgvault restore not available"
+    mine: list[float] = []
+    seed: list[float] = []
+    for i in range(b.repeat):
+        for who in ("seed", "pgvault") if i % 2 == 0 else ("pgvault", "seed"):
+            if who == "seed":
+                db = b.fresh_db(f"restore_seed_s{scale}")
+                seed.append(seed_restore(b, set_dir, prefix, db))
+            elif not note:
+                db = b.fresh_db(f"restore_pgvault_s{scale}")
+                try:
+                    run = run_pgvault(restore_args(set_dir, prefix), b.env(db), b.work)
+                    mine.append(run.seconds)
+                except BenchError as e:  # verify still needs the seed's times
+                    note = f"error: {e}"
+            else:
+                continue
+            b.drop_db(db)
+    row = Row(scale, "restore", "s", median(mine) if mine else None, median(seed),
+              "seed psql", max_ratio=0.70, note=note)  # fmt: skip
+    return [row], median(seed)
+
+
+def bench_verify(b: Bench, scale: int, set_dir: Path, prefix: str, seed: float) -> list[Row]:
+    allowance = seed + VERIFY_ALLOWANCE
+    if not available("pgvault.verify", "run_verify"):
+        return [Row(scale, "verify", "s", None, allowance, "seed psql + 3 s", max_ratio=1.0,
+                    note="skipped: pgvault verify not available")]  # fmt: skip
+    args = ["verify", f"dir={set_dir}", f"prefix={prefix}", "quiet=true"]
+    runs = [run_pgvault(args, b.env("postgres"), b.work).seconds for _ in range(b.repeat)]
+    return [Row(scale, "verify", "s", median(runs), allowance, "seed psql + 3 s", max_ratio=1.0)]
+
+
+def run_scale(b: Bench, scale: int) -> list[Row]:
+    """Every measurement at one scale; a failing one becomes an `error` row."""
+    rows: list[Row] = []
+
+    def keep(new: list[Row]) -> None:
+        for r in new:
+            announce(r)
+        rows.extend(new)
+
+    db = prepare(b, scale)
+    try:
+        new, set_dir, prefix = bench_backup(b, scale, db)
+        keep(new)
+    except BenchError as e:
+        keep([Row(scale, "backup", note=f"error: {e}")])
+        return rows
+    finally:
+        b.drop_db(db)
+    try:
+        keep(bench_list(b, scale, set_dir, prefix))
+    except BenchError as e:
+        keep([Row(scale, "list", note=f"error: {e}")])
+    seed = None
+    try:
+        new, seed = bench_restore(b, scale, set_dir, prefix)
+        keep(new)
+    except BenchError as e:
+        keep([Row(scale, "restore", note=f"error: {e}")])
+    try:
+        if seed is not None:
+            keep(bench_verify(b, scale, set_dir, prefix, seed))
+    except BenchError as e:
+        keep([Row(scale, "verify", note=f"error: {e}")])
+    if not b.keep:
+        shutil.rmtree(b.work / f"s{scale}", ignore_errors=True)
+    return rows

@@ -1,0 +1,134 @@
+"""Shared fixtures: real throwaway PostgreSQL clusters started by the test suite itself.
+
+The machine's own PostgreSQL server is never used: every test talks to clusters made
+here with initdb in a temp dir, on a free loopback port and a private socket directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgvault import cluster as clusters
+from pgvault.connection import Conn, connect
+
+HERE = Path(__file__).parent
+PASSWORD_USER = "pgvault_pw"
+PASSWORD = "s3cret-Pa55"
+
+
+@pytest.fixture(scope="session")
+def server_programs():
+    """Server programs for the test clusters (PGVAULT_TEST_BINDIR to choose)."""
+    return clusters.server_programs(0, os.environ.get("PGVAULT_TEST_BINDIR"))
+
+
+def _cluster(programs) -> Iterator[clusters.Cluster]:
+    hba = [f"host all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256"]
+    with clusters.throwaway(programs, hba_first=hba) as c:
+        with connect(c.conn(), autocommit=True) as pg:
+            pg.execute(
+                f"DO $$BEGIN CREATE ROLE {PASSWORD_USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}';"
+                " EXCEPTION WHEN duplicate_object THEN NULL; END$$"
+            )
+        yield c
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(server_programs) -> Iterator[clusters.Cluster]:
+    """The source cluster most tests back up from."""
+    yield from _cluster(server_programs)
+
+
+@pytest.fixture(scope="session")
+def other_cluster(server_programs) -> Iterator[clusters.Cluster]:
+    """A second, fresh cluster to restore into."""
+    yield from _cluster(server_programs)
+
+
+def create_database(c: clusters.Cluster, prefix: str = "db") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with connect(c.conn(), autocommit=True) as pg:
+        pg.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(c: clusters.Cluster, name: str) -> None:
+    with connect(c.conn(), autocommit=True) as pg:
+        pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_db(pg_cluster) -> Iterator[Conn]:
+    """A new, empty database in pg_cluster, dropped afterwards."""
+    name = create_database(pg_cluster)
+    yield pg_cluster.conn(name)
+    drop_database(pg_cluster, name)
+
+
+def run_sql(conn: Conn, sql: str) -> None:
+    with connect(conn, autocommit=True) as pg:
+        pg.execute(sql)
+
+
+def load_sql_file(conn: Conn, path: Path) -> None:
+    """Load a SQL file with the real psql, as a user would."""
+    psql = clusters.server_programs(0, os.environ.get("PGVAULT_TEST_BINDIR")).path("psql")
+    subprocess.run(
+        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conn.conninfo, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def feature_db(pg_cluster) -> Conn:
+    """A database with many PostgreSQL features (tests/sql/feature_rich.sql). Read-only
+    for tests: make a copy (CREATE DATABASE ... TEMPLATE) before changing it."""
+    name = create_database(pg_cluster, "feature")
+    conn = pg_cluster.conn(name)
+    load_sql_file(conn, HERE / "sql" / "feature_rich.sql")
+    return conn
+
+
+def pgvault_env(conn: Conn | None = None, **extra: str) -> dict[str, str]:
+    """An environment for running the real CLI against conn, with nothing from the
+    machine's own PostgreSQL leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "BACKUP_DIR"))}
+    env.pop("DATABASE_URL", None)
+    if conn is not None:
+        p = conn.params
+        env.update(PGHOST=p["host"], PGPORT=p["port"], PGDATABASE=p["dbname"], PGUSER=p["user"])
+    env.update(extra)
+    return env
+
+
+def run_pgvault(
+    *args: str,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    timeout: float = 300,
+    **kwargs: object,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real command line: `python -m pgvault ARGS`."""
+    return subprocess.run(
+        [sys.executable, "-m", "pgvault", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def backup_dir(tmp_path) -> Path:
+    return tmp_path / "backups"

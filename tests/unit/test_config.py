@@ -1,0 +1,116 @@
+"""The typed config rejects what it should, and the packaged YAML composes as documented."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hypothesis import given
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pgvault import config
+from pgvault.cli import hydra_error_line, packaged_conf_dir
+from pgvault.config import Compression, Confirm, PgvaultConfig, RetentionConfig, to_typed
+
+SCHEMA = OmegaConf.structured(PgvaultConfig)
+_HINTS = typing.get_type_hints(PgvaultConfig)
+GROUP_FIELDS = {
+    name: {g.name for g in dataclasses.fields(t)}
+    for name, t in _HINTS.items()
+    if dataclasses.is_dataclass(t)
+}
+identifiers = st.from_regex(r"[a-z][a-z_]{0,15}", fullmatch=True)
+
+
+@pytest.fixture(scope="module")
+def composed():
+    """Compose once (it costs ~100 ms); tests then look at the results."""
+    config.register()
+    out = {}
+    with initialize_config_dir(config_dir=str(packaged_conf_dir()), version_base="1.3"):
+        out["default"] = compose("config")
+        out["prod"] = compose("config", overrides=["env=prod"])
+        out["prod_allowed"] = compose("config", overrides=["env=prod", "restore.allowed=true"])
+        out["supabase"] = compose("config", overrides=["target=supabase_local"])
+    return out
+
+
+@given(identifiers.filter(lambda k: k not in {f.name for f in dataclasses.fields(PgvaultConfig)}))
+def test_unknown_top_level_keys_are_rejected(key):
+    with pytest.raises(OmegaConfBaseException):
+        OmegaConf.merge(SCHEMA, {key: 1})
+
+
+@given(st.sampled_from(sorted(GROUP_FIELDS)), identifiers)
+def test_unknown_group_keys_are_rejected(group, key):
+    if key in GROUP_FIELDS[group]:
+        return
+    with pytest.raises(OmegaConfBaseException):
+        OmegaConf.merge(SCHEMA, {group: {key: 1}})
+
+
+@given(st.text(min_size=1, max_size=10).filter(lambda s: s not in {c.name for c in Compression}))
+def test_unknown_compressions_are_rejected(value):
+    with pytest.raises(OmegaConfBaseException):
+        OmegaConf.merge(SCHEMA, {"compression": value})
+
+
+@given(st.sampled_from(["keep_last", "days", "keep_daily"]), st.sampled_from(["many", "1.5x", ""]))
+def test_retention_counts_must_be_integers(key, value):
+    with pytest.raises(OmegaConfBaseException):
+        OmegaConf.merge(SCHEMA, {"retention": {key: value}})
+
+
+@given(st.sampled_from(list(Compression)), st.sampled_from(list(Confirm)), st.integers(0, 10**4))
+def test_valid_values_survive_into_typed_objects(compression, confirm, days):
+    merged = OmegaConf.merge(
+        SCHEMA,
+        {
+            "target": {"name": "x"},
+            "compression": compression.name,
+            "restore": {"confirm": confirm.name},
+            "retention": {"days": days},
+        },
+    )
+    typed = to_typed(merged)
+    assert typed.compression is compression
+    assert typed.restore.confirm is confirm
+    assert typed.retention.days == days
+
+
+def test_packaged_defaults(composed):
+    cfg = to_typed(composed["default"])
+    assert cfg.target.name == "local" and cfg.target.url is None
+    assert cfg.retention == RetentionConfig(days=7)
+    assert cfg.restore.allowed is True and cfg.restore.safety_backup is True
+    assert cfg.compression is Compression.none
+
+
+def test_prod_overrides_only_what_differs(composed):
+    prod = to_typed(composed["prod"])
+    assert prod.restore.allowed is False
+    assert prod.retention.keep_monthly > 0
+    assert prod.compression is Compression.zstd
+    assert prod.target.name == "local"  # not overridden by the overlay
+    assert to_typed(composed["prod_allowed"]).restore.allowed is True
+
+
+def test_supabase_target(composed):
+    cfg = to_typed(composed["supabase"])
+    assert cfg.target.url == "postgresql://postgres:postgres@127.0.0.1:54322/postgres"
+
+
+def test_hydra_errors_fold_into_one_line():
+    config.register()
+    with (
+        initialize_config_dir(config_dir=str(packaged_conf_dir()), version_base="1.3"),
+        pytest.raises(Exception) as info,
+    ):
+        compose("config", overrides=["target.prot=5432"])
+    line = hydra_error_line(info.value)
+    assert "\n" not in line
+    assert "prot" in line and "TargetConfig" in line

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import hashlib
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pgvault.dumpstream import CopyStats, RolesRewriter, parse_copy_header
+
+# COPY text format escapes backslash, tab, newline and CR, so rows never contain them raw.
+cell = st.text(
+    alphabet=st.characters(blacklist_characters="\t\n\r\\", blacklist_categories=("Cs",)),
+    max_size=8,
+).map(lambda s: s.replace("\\", "\\\\")) | st.sampled_from(
+    ["\\N", "\\\\.", "\\\\", "\\t", "\\n", "."]
+)
+row = st.lists(cell, min_size=1, max_size=3).map(lambda cells: "\t".join(cells) + "\n")
+table = st.tuples(
+    st.sampled_from(["public.t", 'crm."Odd ""x"" (t)"', '"S p"."a b"']),
+    st.lists(row, max_size=20),
+)
+
+
+def render(tables):
+    parts = ["--\n-- PostgreSQL database dump\n--\nSET x = 1;\n"]
+    for name, rows in tables:
+        parts.append(f"COPY {name} (a, b) FROM stdin;\n" + "".join(rows) + "\\.\n\n")
+    parts.append("SELECT pg_catalog.lowrite(0, '\\x434f5059');\nCOPY in a comment?\n")
+    return "".join(parts).encode()
+
+
+def feed_in_pieces(data: bytes, cuts: list[int]) -> CopyStats:
+    stats = CopyStats()
+    pos = 0
+    for cut in sorted(set(c % (len(data) + 1) for c in cuts)):
+        stats.feed(data[pos:cut])
+        pos = cut
+    stats.feed(data[pos:])
+    return stats
+
+
+@given(st.lists(table, max_size=4, unique_by=lambda t: t[0]), st.lists(st.integers(0, 10**6)))
+def test_counts_and_hashes_do_not_depend_on_chunking(tables, cuts):
+    data = render(tables)
+    stats = feed_in_pieces(data, cuts).result()
+    expected = {
+        name: {"rows": len(rows), "sha256": hashlib.sha256("".join(rows).encode()).hexdigest()}
+        for name, rows in tables
+    }
+    assert stats == expected
+
+
+def test_copy_header_names():
+    assert parse_copy_header(b"COPY public.t (a, b) FROM stdin;") == "public.t"
+    assert parse_copy_header(
+        b'COPY "Odd Schema"."Mixed Case ""Table""" ("select") FROM stdin;'
+    ) == ('"Odd Schema"."Mixed Case ""Table"""')
+    assert parse_copy_header(b'COPY crm."a (b" FROM stdin;') == 'crm."a (b"'
+
+
+@given(st.lists(st.integers(0, 400)))
+def test_roles_rewrite_tolerates_existing_roles_in_any_chunking(cuts):
+    src = (
+        b"SET default_transaction_read_only = off;\n"
+        b"CREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER LOGIN;\n"
+        b'CREATE ROLE "odd ""role""";\nALTER ROLE "odd ""role""" WITH NOLOGIN;\n'
+        b"-- CREATE ROLE not_a_statement;\n"
+    )
+    rw = RolesRewriter()
+    out = b""
+    pos = 0
+    for cut in sorted(set(c % (len(src) + 1) for c in cuts)):
+        out += rw(src[pos:cut])
+        pos = cut
+    out += rw(src[pos:]) + rw(b"")
+    lines = out.decode().splitlines()
+    assert not any(line.startswith("CREATE ROLE") for line in lines)
+    assert sum("EXCEPTION WHEN duplicate_object" in line for line in lines) == 2
+    assert 'CREATE ROLE "odd ""role"""; EXCEPTION' in out.decode()
+    assert "ALTER ROLE postgres WITH SUPERUSER LOGIN;" in lines
+    assert "-- CREATE ROLE not_a_statement;" in lines
