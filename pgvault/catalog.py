@@ -176,9 +176,20 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Directories whose lock this process holds: a restore keeps its directory locked while
+# its safety backup takes the lock again, and flock() would refuse a second descriptor.
+_HELD: set[Path] = set()
+
+
 @contextlib.contextmanager
 def locked(directory: Path, *, timeout: float = 0.0, what: str = "backup") -> Iterator[None]:
-    """Hold the directory's exclusive lock (one writer at a time), waiting up to timeout."""
+    """Hold the directory's exclusive lock (one writer at a time), waiting up to timeout.
+
+    Re-entrant within one process."""
+    key = directory.resolve()
+    if key in _HELD:
+        yield
+        return
     path = directory / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -199,7 +210,11 @@ def locked(directory: Path, *, timeout: float = 0.0, what: str = "backup") -> It
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{what} pid {os.getpid()}\n".encode(), 0)
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
     finally:
         os.close(fd)
 

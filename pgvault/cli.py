@@ -213,7 +213,7 @@ def dispatch(cfg: Any, *, env_name: str = "default") -> None:
 
         run_prune(cfg, ui)
     elif cfg.command is Command.restore:
-        from pgvault.restore import run_restore  # type: ignore[import-not-found]
+        from pgvault.restore import run_restore
 
         run_restore(cfg, ui, env_name=env_name)
     elif cfg.command is Command.verify:

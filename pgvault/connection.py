@@ -12,7 +12,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgvault.config import TargetConfig
-from pgvault.errors import ConfigError, ServerError
+from pgvault.errors import ConfigError, DatabaseMissing, ServerError
 
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
 _KW_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
@@ -114,7 +114,7 @@ def explain_connect_error(conn: Conn, message: str) -> ServerError:
             "check the password in PGPASSWORD, ~/.pgpass or the target URL",
         )
     if re.search(r'database "[^"]*" does not exist', msg):
-        return ServerError(
+        return DatabaseMissing(
             f"database '{conn.dbname}' does not exist on {conn.where}",
             "create it or pick another with target.url=... / PGDATABASE",
         )

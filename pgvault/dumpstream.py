@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,3 +157,76 @@ class RolesRewriter:
                     b"EXCEPTION WHEN duplicate_object THEN NULL; END $pgvault$;"
                 )
         return b"\n".join(lines)
+
+
+_BLOB_TRANSACTION = (b"BEGIN;", b"COMMIT;")
+
+
+class DataFilter:
+    """Transform for a data file on its way into pgvault's one restore transaction.
+
+    pg_dump writes large objects inside their own BEGIN/COMMIT, which would end the
+    restore transaction early and make it non-atomic; those lines are dropped. Only
+    lines outside COPY data are looked at: a row may well read `BEGIN;`. drop_also
+    names further whole lines to drop there (e.g. settings an older server lacks).
+    """
+
+    def __init__(self, drop_also: tuple[bytes, ...] = ()) -> None:
+        self.drop = frozenset((*_BLOB_TRANSACTION, *drop_also))
+        self._carry = b""
+        self._in_copy = False
+        self.open_copy: str | None = None  # the table whose COPY has not ended yet
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if not chunk:  # end of stream: a last line without a newline
+            rest, self._carry = self._carry, b""
+            return b"" if rest in self.drop and not self._in_copy else rest
+        data = self._carry + chunk if self._carry else chunk
+        end = data.rfind(b"\n") + 1
+        self._carry = data[end:]
+        out: list[bytes] = []
+        pos = 0
+        while pos < end:
+            if self._in_copy:
+                if data.startswith(_TERMINATOR, pos):
+                    term = pos
+                else:
+                    found = data.find(b"\n" + _TERMINATOR, pos, end)
+                    term = found + 1 if found >= 0 else -1
+                if term < 0:
+                    out.append(data[pos:end])
+                    break
+                out.append(data[pos : term + len(_TERMINATOR)])
+                pos = term + len(_TERMINATOR)
+                self._in_copy = False
+                self.open_copy = None
+                continue
+            eol = data.index(b"\n", pos)
+            line = data[pos:eol]
+            if line not in self.drop:
+                out.append(data[pos : eol + 1])
+            if line.startswith(b"COPY ") and line.endswith(b" FROM stdin;"):
+                self._in_copy = True
+                self.open_copy = parse_copy_header(line)
+            pos = eol + 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+def drop_lines(drop: tuple[bytes, ...]) -> Callable[[bytes], bytes]:
+    """A transform for SQL files (no COPY data) that drops whole lines equal to one of drop."""
+    dropped = frozenset(drop)
+    carry = [b""]
+
+    def transform(chunk: bytes) -> bytes:
+        if not chunk:
+            rest, carry[0] = carry[0], b""
+            return b"" if rest in dropped else rest
+        data = carry[0] + chunk
+        end = data.rfind(b"\n") + 1
+        carry[0] = data[end:]
+        if not any(d in data for d in dropped):
+            return data[:end]
+        lines = data[:end].split(b"\n")
+        return b"\n".join(ln for ln in lines if ln not in dropped)
+
+    return transform

@@ -32,6 +32,10 @@ class ServerError(PgvaultError):
     """The server could not be reached, refused us, or is of an unusable version."""
 
 
+class DatabaseMissing(ServerError):
+    """The server is there, the database is not."""
+
+
 class ClientProgramError(PgvaultError):
     """A client program (pg_dump, psql, a compressor) failed or is missing."""
 

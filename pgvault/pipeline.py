@@ -253,3 +253,60 @@ def run_text(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
         out, _ = st.proc.communicate()
         st.check()
         return out.decode("utf-8", "replace")
+
+
+def file_chunks(
+    path: Path,
+    env: Mapping[str, str],
+    running: list[Stage],
+    *,
+    decompressor: Sequence[str] | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> Iterator[bytes]:
+    """Yield the bytes of path[start:stop], through a decompressor if one is given
+    (then the whole file). The decompressor's exit status is checked at the end."""
+    if decompressor is not None:
+        stage = Stage([*decompressor, str(path)], env)
+        running.append(stage)
+        assert stage.proc.stdout is not None
+        while chunk := stage.proc.stdout.read(CHUNK):
+            yield chunk
+        stage.check()
+        return
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = None if stop is None else stop - start
+        while left is None or left > 0:
+            chunk = f.read(CHUNK if left is None else min(CHUNK, left))
+            if not chunk:
+                break
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+
+def stream_into(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    parts: Callable[[list[Stage]], Iterator[bytes]],
+) -> None:
+    """Run argv with parts(running) streamed into its stdin, its stdout discarded.
+
+    parts may start stages of its own (decompressors) by appending them to running; on
+    any failure every stage is killed. Raises ClientProgramError unless argv exits 0.
+    """
+    with stages() as running:
+        sink = Stage(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        running.append(sink)
+        stdin = sink.proc.stdin
+        assert stdin is not None
+        _widen(stdin)
+        try:
+            for chunk in parts(running):
+                stdin.write(chunk)
+            stdin.close()
+        except BrokenPipeError:
+            sink.check()  # it stopped reading: its exit status and stderr say why
+            raise
+        sink.check()
