@@ -23,6 +23,7 @@ from pgvault.config import PgvaultConfig
 from pgvault.connection import Conn, conn_for_target, connect
 from pgvault.dumpstream import CopyStats, RolesRewriter
 from pgvault.errors import PgvaultError
+from pgvault.facts import read_facts
 from pgvault.ui import Reporter, mb
 
 Clock = Callable[[], datetime]
@@ -39,65 +40,6 @@ class BackupResult:
     files: dict[str, Path]
     manifest: dict[str, Any]
     pruned: retention.PruneResult | None = field(default=None)
-
-
-_FACTS_SQL = {
-    "sequences": """
-        SELECT format('%I.%I', schemaname, sequencename), last_value
-        FROM pg_catalog.pg_sequences ORDER BY 1""",
-    "roles": """
-        SELECT rolname FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1""",
-}
-
-
-def _snapshot_facts(pg: psycopg.Connection[tuple[Any, ...]]) -> dict[str, Any]:
-    """Facts a verify can later check, read inside the exported snapshot."""
-    cur = pg.cursor()
-    facts: dict[str, Any] = {}
-    cur.execute(_FACTS_SQL["sequences"])
-    # A sequence never used has no last_value; pg_dump then restores its start value.
-    facts["sequences"] = {name: value for name, value in cur.fetchall()}
-    cur.execute(_FACTS_SQL["roles"])
-    facts["roles"] = [r[0] for r in cur.fetchall()]
-    facts["matviews"] = _populated_matviews(cur)
-    cur.execute("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")
-    row = cur.fetchone()
-    facts["large_objects"] = int(row[0]) if row else 0
-    return facts
-
-
-def _populated_matviews(cur: psycopg.Cursor[tuple[Any, ...]]) -> list[str]:
-    """Populated materialized views, each after the ones it reads from."""
-    cur.execute(
-        """SELECT c.oid, format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
-        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind = 'm' AND c.relispopulated ORDER BY c.oid"""
-    )
-    names = {int(oid): str(name) for oid, name in cur.fetchall()}
-    cur.execute(
-        """SELECT DISTINCT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r
-        JOIN pg_catalog.pg_depend d ON d.objid = r.oid
-            AND d.classid = 'pg_catalog.pg_rewrite'::regclass
-        WHERE r.ev_class <> d.refobjid"""
-    )
-    deps: dict[int, set[int]] = {oid: set() for oid in names}
-    for view, ref in cur.fetchall():
-        if int(view) in deps and int(ref) in names:
-            deps[int(view)].add(int(ref))
-    ordered: list[str] = []
-    done: set[int] = set()
-
-    def visit(oid: int, seen: frozenset[int]) -> None:
-        if oid in done or oid in seen:
-            return
-        for ref in sorted(deps[oid]):
-            visit(ref, seen | {oid})
-        done.add(oid)
-        ordered.append(names[oid])
-
-    for oid in sorted(names):
-        visit(oid, frozenset())
-    return ordered
 
 
 def matview_trailer(matviews: list[str]) -> bytes:
@@ -263,7 +205,7 @@ def _dump(
         row = pg.execute("SELECT pg_catalog.pg_export_snapshot(), now()").fetchone()
         assert row is not None
         snapshot = str(row[0])
-        facts = _snapshot_facts(pg)
+        facts = read_facts(pg)
         env = conn.env()
         pg_dump, info = programs.path("pg_dump"), conn.conninfo
         copy_stats = CopyStats()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -70,6 +72,10 @@ def search_setup() -> tuple[str, list[str]]:
     return str(packaged), [f"hydra.searchpath=[file://{user}]"]
 
 
+# `verify` is a config group, so Hydra would read `verify=true` as a group choice.
+_VERIFY_SHORTHAND = {f"verify={v}": f"verify.after_backup={v}" for v in ("true", "false")}
+
+
 def split_command(argv: list[str]) -> tuple[str, list[str]]:
     """Return (command, the rest). Hydra flags alone (e.g. --help) imply `backup`."""
     if not argv or (argv[0] in ("-h", "--help") and len(argv) == 1):
@@ -80,7 +86,7 @@ def split_command(argv: list[str]) -> tuple[str, list[str]]:
         return "backup", argv
     first = argv[0]
     if first in COMMANDS:
-        return first, argv[1:]
+        return first, [_VERIFY_SHORTHAND.get(a, a) for a in argv[1:]]
     if first.split("=")[0] in _HYDRA_FLAGS:
         return "backup", argv
     raise ConfigError(
@@ -91,6 +97,8 @@ def split_command(argv: list[str]) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # SIGTERM unwinds like Ctrl-C, so throwaway clusters and partial files are cleaned up.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         if any(a in ("-sc", "--shell-completion") for a in args) and _complete_command():
             return
@@ -113,9 +121,22 @@ def main(argv: list[str] | None = None) -> None:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        if isinstance(e, HydraException | OmegaConfBaseException):
+        if isinstance(e, HydraException | OmegaConfBaseException) or _from_hydra(e):
             _fail(hydra_error_line(e), 2)
         raise
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _from_hydra(e: BaseException) -> bool:
+    """Hydra rejects some bad overrides with a bare ValueError/TypeError."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return isinstance(e, ValueError | TypeError) and module.startswith(("hydra.", "omegaconf."))
 
 
 def _complete_command() -> bool:
@@ -203,9 +224,13 @@ def dispatch(cfg: Any, *, env_name: str = "default") -> None:
     if cfg.command is Command.backup:
         from pgvault.backup import run_backup
 
-        run_backup(cfg, ui, env_name=env_name)
+        result = run_backup(cfg, ui, env_name=env_name)
+        if cfg.verify.after_backup:
+            from pgvault.verify import run_verify
+
+            run_verify(replace(cfg, prefix=str(result.directory / result.prefix)), ui)
     elif cfg.command is Command.list:
-        from pgvault.listing import run_list  # type: ignore[import-not-found]
+        from pgvault.listing import run_list
 
         run_list(cfg, ui)
     elif cfg.command is Command.prune:
@@ -217,6 +242,6 @@ def dispatch(cfg: Any, *, env_name: str = "default") -> None:
 
         run_restore(cfg, ui, env_name=env_name)
     elif cfg.command is Command.verify:
-        from pgvault.verify import run_verify  # type: ignore[import-not-found]
+        from pgvault.verify import run_verify
 
         run_verify(cfg, ui)

@@ -310,3 +310,15 @@ def stream_into(
             sink.check()  # it stopped reading: its exit status and stderr say why
             raise
         sink.check()
+
+
+def observe(argv: Sequence[str], env: Mapping[str, str], observers: Sequence[Observer]) -> None:
+    """Run argv and feed its whole stdout to observers, keeping none of it."""
+    with stages() as running:
+        source = Stage(argv, env)
+        running.append(source)
+        assert source.proc.stdout is not None
+        while chunk := source.proc.stdout.read(CHUNK):
+            for obs in observers:
+                obs.feed(chunk)
+        source.check()

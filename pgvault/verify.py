@@ -1,0 +1,223 @@
+"""`pgvault verify`: restore a set into a throwaway cluster (or a scratch database) with
+restore's own code path, then compare what the database holds with the manifest.
+
+The data path: set -> file checks -> throwaway cluster -> load_set -> pg_dump --data-only
+of the restored database through CopyStats (rows and content per table) + facts ->
+comparison with the manifest -> report -> a `-verify.json` record beside the set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pgvault import catalog, naming, pipeline, restore
+from pgvault.cluster import server_programs, throwaway
+from pgvault.config import PgvaultConfig
+from pgvault.connection import Conn, conn_from_url, connect
+from pgvault.dumpstream import CopyStats
+from pgvault.errors import NotFound, PgvaultError, VerifyMismatch
+from pgvault.facts import read_facts
+from pgvault.ui import Reporter
+
+VERIFIED, FAILED = "verified", "failed"
+
+
+@dataclass
+class TableCheck:
+    name: str
+    rows: int | None  # in the restored database; None: the table is not there
+    expected_rows: int | None  # in the manifest; None: the manifest does not know it
+    content_ok: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.content_ok and self.rows == self.expected_rows
+
+
+@dataclass
+class VerifyResult:
+    prefix: str
+    tables: list[TableCheck] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    server_version: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(t.ok for t in self.tables)
+
+    def record(self) -> dict[str, Any]:
+        bad = [t.name for t in self.tables if not t.ok]
+        return {
+            "verdict": VERIFIED if self.ok else FAILED,
+            "checked_at": datetime.now(UTC).isoformat(),
+            "duration_s": round(self.duration_s, 3),
+            "server_version": self.server_version,
+            "tables": len(self.tables),
+            "rows": sum(t.rows or 0 for t in self.tables),
+            "problems": [*self.problems, *(f"table {n} differs" for n in bad)],
+        }
+
+
+def compare_tables(expected: dict[str, Any], actual: dict[str, dict[str, Any]]) -> list[TableCheck]:
+    """Given the manifest's tables and the restored database's (rows, sha256 per table),
+    return one check per table either side knows."""
+    checks = []
+    for name in sorted(set(expected) | set(actual)):
+        want, got = expected.get(name), actual.get(name)
+        checks.append(
+            TableCheck(
+                name,
+                None if got is None else int(got["rows"]),
+                None if want is None else int(want["rows"]),
+                want is not None and got is not None and want["sha256"] == got["sha256"],
+            )
+        )
+    return checks
+
+
+def compare_facts(manifest: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    """What the restored database's facts lack or change against the manifest's."""
+    problems = []
+    for name, value in sorted(manifest.get("sequences", {}).items()):
+        got = facts["sequences"].get(name, "missing")
+        if got != value:
+            problems.append(f"sequence {name} is {got}, the backup had {value}")
+    for key, what in (("roles", "role"), ("indexes", "index"), ("constraints", "constraint")):
+        missing = sorted(set(manifest.get(key, [])) - set(facts[key]))
+        problems += [f"{what} {name} is missing" for name in missing]
+    for name in manifest.get("matviews", []):
+        if name not in facts["matviews"]:
+            problems.append(f"materialized view {name} is not populated")
+    want_lo = int(manifest.get("large_objects", 0))
+    if facts["large_objects"] != want_lo:
+        problems.append(f"{facts['large_objects']} large objects, the backup had {want_lo}")
+    return problems
+
+
+@contextlib.contextmanager
+def scratch(cfg: PgvaultConfig, bset: restore.LoadedSet) -> Iterator[tuple[Conn, int, str]]:
+    """Yield (connection, server major, psql) of an empty database to restore into: a
+    throwaway cluster (stopped and removed afterwards, whatever happens) or the scratch
+    database verify.target names (emptied afterwards)."""
+    major = int(bset.manifest.get("server_major", 0))
+    if cfg.verify.target == "ephemeral":
+        programs = server_programs(major, cfg.clients.bindir)
+        psql = restore.psql_for(programs.major, bset.dump_major, "a throwaway cluster", None)
+        with throwaway(programs) as cluster:
+            db = str(bset.manifest.get("database") or "verify")
+            with connect(cluster.conn(), autocommit=True) as pg:
+                pg.execute(f'CREATE DATABASE "{db.replace(chr(34), chr(34) * 2)}"')
+            yield cluster.conn(db), programs.major, psql
+        return
+    conn = conn_from_url(cfg.verify.target, what="verify.target")
+    with connect(conn, autocommit=True) as pg:
+        server_major = pg.info.server_version // 10000
+    psql = restore.psql_for(server_major, bset.dump_major, conn.where, cfg.clients.bindir)
+    try:
+        yield conn, server_major, psql
+    finally:
+        with connect(conn, autocommit=True) as pg:
+            pg.execute(restore.WIPE_SQL)
+
+
+def verify_set(cfg: PgvaultConfig, bset: restore.LoadedSet) -> VerifyResult:
+    """Restore bset into an empty database and compare it with its manifest. Raises
+    PgvaultError only when the check could not run; a bad set is a failed result."""
+    result = VerifyResult(bset.prefix)
+    started = time.monotonic()
+    result.problems += restore.file_problems(bset)
+    with scratch(cfg, bset) as (conn, major, psql):
+        with connect(conn, autocommit=True) as pg:
+            result.server_version = str(pg.info.parameter_status("server_version") or "")
+        try:
+            restore.load_set(bset, conn, psql, major)
+        except PgvaultError as e:
+            result.problems.append(e.what)
+        else:
+            stats = CopyStats()
+            pg_dump = str(Path(psql).with_name("pg_dump"))
+            argv = [pg_dump, "--data-only", "--no-password", f"--dbname={conn.conninfo}"]
+            pipeline.observe(argv, conn.env(), [stats])
+            result.tables = compare_tables(bset.manifest.get("tables", {}), stats.result())
+            with connect(conn, autocommit=True) as pg:
+                result.problems += compare_facts(bset.manifest, read_facts(pg))
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def write_record(directory: Path, result: VerifyResult) -> None:
+    """Record the verdict beside the set, unless the set went away meanwhile."""
+    manifest = directory / naming.file_name(result.prefix, "manifest")
+    with catalog.locked(directory, timeout=60, what="verify"):
+        if manifest.exists():
+            path = directory / naming.file_name(result.prefix, "verify")
+            catalog.write_json_atomic(path, result.record())
+
+
+def report(ui: Reporter, result: VerifyResult) -> None:
+    ui.say(f"{result.prefix} (restored on PostgreSQL {result.server_version}):")
+    for t in result.tables:
+        mark = "✓" if t.ok else "✗"
+        if t.rows is None:
+            detail = "missing after restore"
+        elif t.expected_rows is None:
+            detail = f"{t.rows} rows, not in the manifest"
+        elif t.rows != t.expected_rows:
+            detail = f"{t.rows} rows, the backup had {t.expected_rows}"
+        elif not t.content_ok:
+            detail = f"{t.rows} rows, content differs"
+        else:
+            detail = f"{t.rows} rows"
+        ui.say(f"  {mark} {t.name}: {detail}")
+    for problem in result.problems:
+        ui.say(f"  ✗ {problem}")
+    rows = sum(t.rows or 0 for t in result.tables)
+    if result.ok:
+        ui.ok(
+            f"{result.prefix} verified: {len(result.tables)} tables, {rows} rows match "
+            f"({result.duration_s:.1f} s)"
+        )
+    else:
+        bad = len(result.problems) + sum(not t.ok for t in result.tables)
+        ui.say(f"✗ {result.prefix} does NOT match its backup: {bad} problem(s)")
+
+
+def sets_to_verify(cfg: PgvaultConfig, directory: Path) -> list[restore.LoadedSet]:
+    """prefix= names one set; all=true every complete set; else the newest complete one."""
+    if cfg.prefix:
+        found_dir, prefix = restore.resolve_prefix(cfg.prefix, cfg.dir)
+        return [restore.find_set(found_dir, prefix)]
+    complete = [s.prefix for s in catalog.scan(directory) if s.complete]
+    if not complete:
+        raise NotFound(f"no complete backup set in {directory}", "run `pgvault backup` first")
+    chosen = complete if cfg.all else complete[:1]
+    return [restore.find_set(directory, p) for p in chosen]
+
+
+def run_verify(cfg: PgvaultConfig, ui: Reporter) -> list[VerifyResult]:
+    """Verify the chosen sets, record each verdict, and raise VerifyMismatch (exit 3)
+    when any does not match."""
+    directory = (
+        catalog.backup_dir(cfg.dir, create=False)
+        if not (cfg.prefix and Path(cfg.prefix).is_absolute())
+        else Path(cfg.prefix).parent
+    )
+    results = []
+    for bset in sets_to_verify(cfg, directory):
+        result = verify_set(cfg, bset)
+        write_record(bset.directory, result)
+        report(ui, result)
+        results.append(result)
+    failed = [r.prefix for r in results if not r.ok]
+    if failed:
+        raise VerifyMismatch(
+            f"{', '.join(failed)} did not verify", "see the report above; keep an older set"
+        )
+    return results
