@@ -174,3 +174,11 @@ def tool_path(name: str) -> str:
             f"{name} is not installed", f"install it (`apt-get install {name}`) or pick another"
         )
     return path
+
+
+def decompressor(compression: str) -> list[str] | None:
+    """argv (without the file) that decompresses a data file, or None when plain."""
+    if compression == "none":
+        return None
+    argv = DECOMPRESSORS[compression]
+    return [tool_path(argv[0]), *argv[1:]]

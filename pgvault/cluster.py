@@ -13,6 +13,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -167,6 +168,23 @@ class Cluster:
                     time.sleep(0.05)
 
 
+def _check_reachable(parent: Path) -> None:
+    """As root the server runs as `postgres`, which must be able to enter parent."""
+    _, uid, gid = _run_as()
+    if uid is None:
+        return
+    for d in [parent.resolve(), *parent.resolve().parents]:
+        st = d.stat()
+        bit = (
+            stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+        )
+        if not st.st_mode & bit:
+            raise ServerError(
+                f"the postgres user cannot enter {d} to run a throwaway cluster there",
+                "point TMPDIR at a directory it can reach, e.g. TMPDIR=/tmp",
+            )
+
+
 def server_programs(min_major: int, configured: str | None) -> clients.Programs:
     return clients.find_programs(
         min_major, "a throwaway cluster", clients.SERVER_PROGRAMS, configured
@@ -182,6 +200,7 @@ def throwaway(
     parent: str | None = None,
 ) -> Iterator[Cluster]:
     """A started cluster in a new temp dir; stopped and removed afterwards, always."""
+    _check_reachable(Path(parent or tempfile.gettempdir()))
     root = Path(tempfile.mkdtemp(prefix="pgvault-cluster-", dir=parent))
     cluster = Cluster(root, free_port(), programs)
     try:

@@ -42,7 +42,7 @@ _NEW_SETTINGS = (b"SET transaction_timeout = 0;",)
 # Drops everything pg_dump would dump from the database (roles are cluster-wide and are
 # only created or updated), then makes `public` as initdb does: pg_dump writes only how
 # a database's public schema differs from that.
-_WIPE = """
+WIPE_SQL = """
 DO $pgvault$
 DECLARE r record;
 BEGIN
@@ -215,7 +215,7 @@ def restore_parts(
     def parts(running: list[pipeline.Stage]) -> Iterator[bytes]:
         yield b"BEGIN;\nSET LOCAL lock_timeout = '60s';\n"
         yield from sql_file(bset.files["roles"], running)
-        yield _WIPE.encode()
+        yield WIPE_SQL.encode()
         yield from sql_file(bset.files["schema"], running, stop=offset)
         yield b"SET session_replication_role = replica;\n"
         data = DataFilter(drop)
