@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import queue
 import signal
 import subprocess
 import tempfile
@@ -26,6 +27,7 @@ from pgvault.connection import mask_secrets
 from pgvault.errors import ClientProgramError
 
 CHUNK = 1 << 20
+_QUEUED_CHUNKS = 8  # at most this many chunks wait for the writer: memory stays flat
 _PIPE_SIZE = 1 << 20
 
 
@@ -37,7 +39,7 @@ class Observer(Protocol):
 class FileStats:
     sha256: str
     size: int
-    # Byte offset in the file at which each source's output begins (uncompressed files).
+    # Offset at which each source's output begins (of the uncompressed stream).
     offsets: tuple[int, ...] = ()
 
 
@@ -138,6 +140,8 @@ class _Sink:
     """Where a stream's bytes go: observers, then the file, through a compressor if any.
 
     The file's sha256 and size are taken of the bytes that reach it (after compression).
+    Hashing and writing happen on a thread of their own (both release the GIL), so they
+    overlap with reading and observing the stream on the calling thread.
     """
 
     def __init__(self, fd: int, observers: Sequence[Observer], comp: Stage | None) -> None:
@@ -145,13 +149,17 @@ class _Sink:
         self.observers = observers
         self.comp = comp
         self.hash = hashlib.sha256()
-        self.written = 0
+        self.written = 0  # bytes in the file so far (the writer thread's count)
+        self.accepted = 0  # bytes handed in so far: an offset before compression
         self.errors: list[BaseException] = []
-        self.pump: threading.Thread | None = None
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
+        self.stopping = False
         if comp is not None:
             _widen(comp.proc.stdin)
-            self.pump = threading.Thread(target=self._pump, daemon=True)
-            self.pump.start()
+            self.thread = threading.Thread(target=self._pump, daemon=True)
+        else:
+            self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
 
     def _to_file(self, chunk: bytes) -> None:
         self.hash.update(chunk)
@@ -163,15 +171,35 @@ class _Sink:
         try:
             while chunk := self.comp.proc.stdout.read(CHUNK):
                 self._to_file(chunk)
-        except BaseException as e:  # re-raised by the main thread in finish()
+        except BaseException as e:  # re-raised by the main thread
             self.errors.append(e)
             self.comp.kill()
 
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.stopping:
+                    return
+                continue
+            if chunk is None:
+                return
+            if self.errors or self.stopping:
+                continue  # keep taking chunks so the producer never blocks
+            try:
+                self._to_file(chunk)
+            except BaseException as e:  # re-raised by the main thread
+                self.errors.append(e)
+
     def write(self, chunk: bytes) -> None:
+        if self.errors:
+            raise self.errors[0]
+        self.accepted += len(chunk)
         for obs in self.observers:
             obs.feed(chunk)
         if self.comp is None:
-            self._to_file(chunk)
+            self.queue.put(chunk)
             return
         assert self.comp.proc.stdin is not None
         try:
@@ -182,14 +210,22 @@ class _Sink:
 
     def finish(self) -> None:
         if self.comp is None:
-            return
-        assert self.comp.proc.stdin is not None and self.pump is not None
-        with contextlib.suppress(BrokenPipeError):
-            self.comp.proc.stdin.close()
-        self.pump.join()
+            self.queue.put(None)
+            self.thread.join()
+        else:
+            assert self.comp.proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                self.comp.proc.stdin.close()
+            self.thread.join()
         if self.errors:
             raise self.errors[0]
-        self.comp.check()
+        if self.comp is not None:
+            self.comp.check()
+
+    def abort(self) -> None:
+        """Stop the writer thread without finishing the file (the stages are killed)."""
+        self.stopping = True
+        self.thread.join(timeout=30)
 
 
 def stream_to_file(
@@ -218,23 +254,27 @@ def stream_to_file(
                 comp = Stage(compressor, env, stdin=subprocess.PIPE)
                 running.append(comp)
             sink = _Sink(fd, observers, comp)
-            total = 0
-            offsets = []
-            for argv in sources:
-                offsets.append(sink.written)
-                source = Stage(argv, env)
-                running.append(source)
-                assert source.proc.stdout is not None
-                while chunk := source.proc.stdout.read(CHUNK):
-                    total += len(chunk)
-                    sink.write(transform(chunk) if transform is not None else chunk)
-                    if progress is not None:
-                        progress(total)
-                source.check()
-            tail = (transform(b"") if transform is not None else b"") + trailer
-            if tail:
-                sink.write(tail)
-            sink.finish()
+            try:
+                total = 0
+                offsets = []
+                for argv in sources:
+                    offsets.append(sink.accepted)
+                    source = Stage(argv, env)
+                    running.append(source)
+                    assert source.proc.stdout is not None
+                    while chunk := source.proc.stdout.read(CHUNK):
+                        total += len(chunk)
+                        sink.write(transform(chunk) if transform is not None else chunk)
+                        if progress is not None:
+                            progress(total)
+                    source.check()
+                tail = (transform(b"") if transform is not None else b"") + trailer
+                if tail:
+                    sink.write(tail)
+                sink.finish()
+            except BaseException:
+                sink.abort()
+                raise
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -358,7 +358,12 @@ def test_disk_full_removes_the_partial_set(big_db, small_db, backup_dir):
 def test_two_concurrent_backups(big_db, backup_dir):
     first = _start_backup(big_db, backup_dir)
     _wait_for_partial_data(backup_dir, first, 1 << 20)
-    second = run_pgvault("backup", f"dir={backup_dir}", env=pgvault_env(big_db))
+    # Freeze the first mid-dump, so the second surely starts while it runs.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = run_pgvault("backup", f"dir={backup_dir}", env=pgvault_env(big_db))
+    finally:
+        first.send_signal(signal.SIGCONT)
     line = one_line_error(second)
     assert "another pgvault backup" in line and "lock_timeout" in line
     _, err = first.communicate(timeout=120)
