@@ -103,6 +103,8 @@ def run_backup(
     programs' version.
     """
     catalog.backup_dir(cfg.dir, create=False)
+    if apply_retention:
+        retention.check_policy(cfg.retention)
     conn = conn_for_target(cfg.target)
     compression = cfg.compression.value
     compressor = None

@@ -96,7 +96,7 @@ class PgvaultConfig:
     quiet: bool = False
     # Seconds a backup waits for another one in the same directory; 0 fails at once.
     lock_timeout: float = 0.0
-    # list
+    # list (and prune): also compare every file's sha256 with the manifest
     format: OutputFormat = OutputFormat.text
     check: bool = False
     # prune

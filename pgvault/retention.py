@@ -1,34 +1,170 @@
 """Which sets to keep and which to delete, and why; then deleting them safely.
 
-decide() is pure. Its promises: the newest complete set is always kept; a set that is
-incomplete, damaged or unparseable is never deleted by age; only pgvault's own files
-are ever deleted, manifest first, so an interrupted prune leaves an incomplete set.
+decide() is pure. Its promises, whatever the sets, the clock and the policy:
+- the newest complete set is kept, and so is the newest complete set that is neither
+  damaged nor dated in the future, and the newest complete set a verify passed;
+- a set that is incomplete, damaged or unparseable is never deleted: it is kept and
+  flagged, so the caller reports it;
+- a set dated in the future (the clock is behind) is kept, and rules are computed
+  without it, so a clock set back cannot make a current set look surplus;
+- a policy that keeps more in every field keeps a superset (monotonicity).
+Only pgvault's own files are ever deleted, a whole set at a time, manifest first, so an
+interrupted prune leaves a set that reads as incomplete, never one that looks complete.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from pgvault import catalog, naming
 from pgvault.config import RetentionConfig
+from pgvault.errors import ConfigError, PgvaultError
 from pgvault.ui import Reporter
+
+VERDICTS = ("verified", "failed")
+_CHUNK = 1 << 20
+
+# keep_* rule -> the UTC bucket a time falls in (restic's buckets; weeks are ISO weeks).
+BUCKETS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
+    "daily": lambda t: (t.year, t.month, t.day),
+    "weekly": lambda t: tuple(t.isocalendar())[:2],
+    "monthly": lambda t: (t.year, t.month),
+    "yearly": lambda t: (t.year,),
+}
 
 
 @dataclass(frozen=True)
 class Decision:
+    """One set's fate: keep or not, the rule(s) that decided it, and whether someone
+    should look at it (kept because something is wrong with it)."""
+
     prefix: str
     keep: bool
     reason: str
+    flagged: bool = False
 
 
 @dataclass
 class PruneResult:
+    """What prune decided and deleted; in a dry run, deleted_* is what it would delete."""
+
     decisions: list[Decision]
     deleted_sets: list[str] = field(default_factory=list)
     deleted_files: int = 0
+    dry_run: bool = False
+
+
+def check_policy(policy: RetentionConfig) -> None:
+    """Refuse a policy that cannot be meant: a negative count, or every rule off (which
+    would delete all but the newest set; keep_last=1 says that on purpose)."""
+    counts = {"days": policy.days, **{f"keep_{n}": getattr(policy, f"keep_{n}") for n in
+              ("last", *BUCKETS)}}  # fmt: skip
+    negative = [k for k, v in counts.items() if v < 0]
+    if negative:
+        raise ConfigError(
+            f"retention.{negative[0]} is {counts[negative[0]]}", "use 0 or more (0: rule off)"
+        )
+    if not any(counts.values()):
+        raise ConfigError(
+            "the retention policy keeps nothing: every rule is 0",
+            "set retention.days or a keep_* rule (keep_last=1 keeps only the newest set)",
+        )
+
+
+# -- What retention needs to know about a set beyond its files' names ----------------
+
+
+def verification_status(bset: catalog.BackupSet) -> str:
+    """Given a set, return "verified" or "failed" from its verify record, else "never".
+
+    A missing, unreadable or garbled record reads as "never": no verdict can be trusted
+    from it, and listing must not fail because of it.
+    """
+    record = read_verification(bset)
+    return str(record["verdict"]) if record is not None else "never"
+
+
+def read_verification(bset: catalog.BackupSet) -> dict[str, object] | None:
+    """Return the set's verify record when it is a JSON object with a known verdict."""
+    path = bset.files.get("verify")
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("verdict") not in VERDICTS:
+        return None
+    return data
+
+
+def damage(bset: catalog.BackupSet, *, check: bool = False) -> str | None:
+    """Given a set with a manifest, return the first way its files disagree with it
+    (an unreadable manifest, a size, or with check a sha256), or None.
+
+    Sizes cost a stat each, so they are always compared; checksums read every byte.
+    Files that are missing are not damage: the set is incomplete (BackupSet.missing).
+    """
+    if bset.manifest_error is not None:
+        return bset.manifest_error
+    if bset.manifest is None:
+        return None
+    entries = bset.manifest.get("files")
+    if not isinstance(entries, dict) or not entries:
+        return "the manifest lists no files"
+    for kind, entry in sorted(entries.items()):
+        path = bset.files.get(kind)
+        if path is None:
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int):
+            return f"the manifest has no size for {kind}"
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            return f"{path.name} is unreadable: {e.strerror}"
+        short = path.name.removeprefix(bset.prefix + "-")
+        if size != entry["size"]:
+            return f"{short} is {size} bytes, the manifest says {entry['size']}"
+        if check and _sha256(path) != entry.get("sha256"):
+            return f"the checksum of {short} disagrees with the manifest"
+    return None
+
+
+def _sha256(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def incomplete_reason(bset: catalog.BackupSet) -> str:
+    """What an incomplete set lacks, in a few words: "missing data.sql.zst, manifest.json"."""
+    if bset.time is None:
+        return "its name holds no valid date"
+    rest = [k for k in bset.files if k != "verify"]
+    if not rest and bset.partial:
+        return "only .partial files: an interrupted backup"
+    if not rest and "verify" in bset.files:
+        return "only a verify record is left"
+    missing = ", ".join(name.removeprefix(bset.prefix + "-") for name in bset.missing)
+    text = f"missing {missing}" if missing else "no readable manifest"
+    if bset.partial:
+        text += f"; {len(bset.partial)} .partial file(s) left by an interrupted run"
+    return text
+
+
+# -- The decision --------------------------------------------------------------------
 
 
 def decide(
@@ -36,39 +172,140 @@ def decide(
     policy: RetentionConfig,
     now: datetime,
     protect: str | None = None,
+    *,
+    damaged: Mapping[str, str] | None = None,
+    verified: Collection[str] = (),
 ) -> list[Decision]:
-    """Given the sets of a directory, a policy and the time, return one decision per set."""
-    complete = sorted((s for s in sets if s.complete), key=lambda s: s.prefix, reverse=True)
-    newest = complete[0].prefix if complete else None
+    """Given a directory's sets, a policy, the time, the prefix just written (protect),
+    what is damaged (prefix -> why) and which prefixes a verify passed, return one
+    decision per set, newest first. Reads nothing but its arguments."""
+    damaged = damaged or {}
+    ordered = sorted(sets, key=lambda s: s.prefix, reverse=True)
+    complete = [s for s in ordered if s.complete]
+    # The sets the rules count: complete, intact, and not from the future. Every other
+    # set is kept whatever the policy, which keeps the rules monotone.
+    pool = [s for s in complete if s.prefix not in damaged and s.time is not None and s.time <= now]
+    reasons: dict[str, list[str]] = {s.prefix: [] for s in ordered}
+
+    def keep(s: catalog.BackupSet, why: str) -> None:
+        reasons[s.prefix].append(why)
+
+    if complete:
+        keep(complete[0], "newest complete set")
+    if pool and pool[0] is not complete[0]:
+        keep(pool[0], "newest intact set")
+    for s in complete:
+        if s.prefix in verified:
+            keep(s, "newest verified set")
+            break
+    _apply_rules(pool, policy, now, keep)
+
     out = []
-    for s in sorted(sets, key=lambda s: s.prefix, reverse=True):
-        when = s.time
+    for s in ordered:
+        why = reasons[s.prefix]
+        flag = _flag(s, damaged)
         if s.prefix == protect:
-            out.append(Decision(s.prefix, True, "just written"))
-        elif when is None:
-            out.append(Decision(s.prefix, True, "unparseable name: left for you to check"))
-        elif not s.complete:
-            out.append(Decision(s.prefix, True, "incomplete: left for you to check"))
-        elif s.prefix == newest:
-            out.append(Decision(s.prefix, True, "newest complete set"))
-        elif policy.days > 0 and now - when < timedelta(days=policy.days):
-            out.append(Decision(s.prefix, True, f"younger than {policy.days} days"))
+            out.append(Decision(s.prefix, True, ", ".join(["just written", *why])))
+        elif flag is not None:
+            out.append(Decision(s.prefix, True, f"{flag}: left for you to check", flagged=True))
+        elif s.time is not None and s.time > now:
+            out.append(Decision(s.prefix, True, "dated in the future (is the clock behind?)"))
+        elif why:
+            out.append(Decision(s.prefix, True, ", ".join(why)))
         else:
-            out.append(Decision(s.prefix, False, f"older than {policy.days} days"))
+            out.append(Decision(s.prefix, False, _why_not(policy)))
     return out
 
 
+def _apply_rules(
+    pool: list[catalog.BackupSet],
+    policy: RetentionConfig,
+    now: datetime,
+    keep: Callable[[catalog.BackupSet, str], None],
+) -> None:
+    """Apply days, keep_last and the keep_* buckets to pool (newest first), restic's way:
+    a bucket rule keeps the newest set of each of its N newest buckets that have sets,
+    and, while it still has counts left, the oldest set too (the longest history)."""
+    if policy.days > 0:
+        for s in pool:
+            assert s.time is not None
+            if now - s.time < timedelta(days=policy.days):
+                keep(s, f"younger than {policy.days} days")
+    for s in pool[: max(policy.keep_last, 0)]:
+        keep(s, f"keep_last {policy.keep_last}")
+    for name, bucket in BUCKETS.items():
+        left = getattr(policy, f"keep_{name}")
+        last: tuple[int, ...] | None = None
+        for i, s in enumerate(pool):
+            if left <= 0:
+                break
+            assert s.time is not None
+            key = bucket(s.time)
+            if key != last or i == len(pool) - 1:
+                keep(s, f"{name} {_bucket_label(name, s.time)}")
+                last = key
+                left -= 1
+
+
+def _bucket_label(name: str, t: datetime) -> str:
+    if name == "weekly":
+        year, week, _ = t.isocalendar()
+        return f"{year}-W{week:02d}"
+    return t.strftime({"daily": "%Y-%m-%d", "monthly": "%Y-%m", "yearly": "%Y"}[name])
+
+
+def _flag(s: catalog.BackupSet, damaged: Mapping[str, str]) -> str | None:
+    """Why a set must not be deleted by a rule, or None when it is sound."""
+    if s.time is None:
+        return f"unparseable ({incomplete_reason(s)})"
+    if s.manifest_error is not None:
+        return f"damaged ({s.manifest_error})"
+    if not s.complete:
+        return f"incomplete ({incomplete_reason(s)})"
+    if s.prefix in damaged:
+        return f"damaged ({damaged[s.prefix]})"
+    return None
+
+
+def _why_not(policy: RetentionConfig) -> str:
+    parts = [f"older than {policy.days} days"] if policy.days > 0 else []
+    rules = [f"keep_{n}" for n in ("last", *BUCKETS) if getattr(policy, f"keep_{n}") > 0]
+    if rules:
+        parts.append(f"not kept by {', '.join(rules)}")
+    return "; ".join(parts) or "no rule keeps it"
+
+
+# -- Deleting ------------------------------------------------------------------------
+
+
+def deletion_order(bset: catalog.BackupSet) -> list[Path]:
+    """Every file of a set, in the order to delete them: the manifest first, so that
+    from the first unlink on the set reads as incomplete; the verify record last."""
+    order = ["manifest", "data", "schema", "roles"]
+    paths = [bset.files[k] for k in order if k in bset.files]
+    paths += [p for k, p in sorted(bset.files.items()) if k not in (*order, "verify")]
+    paths += bset.partial
+    if "verify" in bset.files:
+        paths.append(bset.files["verify"])
+    return paths
+
+
 def delete_set(bset: catalog.BackupSet) -> int:
-    """Delete a set's files, manifest first: a half-deleted set then reads as incomplete."""
-    order = ["manifest", "data", "schema", "roles", "verify"]
-    paths: list[Path] = [bset.files[k] for k in order if k in bset.files]
-    paths += [p for k, p in bset.files.items() if k not in order] + bset.partial
+    """Delete a set's files in deletion_order; return how many were deleted."""
     count = 0
-    for i, p in enumerate(paths):
-        with contextlib.suppress(FileNotFoundError):
+    for i, p in enumerate(deletion_order(bset)):
+        try:
             p.unlink()
             count += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise PgvaultError(
+                f"cannot delete {p}: {e.strerror}; {bset.prefix} now reads as incomplete",
+                "fix the directory's permissions and run `pgvault prune` again",
+            ) from None
         if i == 0:
+            # The manifest's removal must reach the disk before any data file's does.
             catalog.fsync_dir(p.parent)
     return count
 
@@ -80,26 +317,34 @@ def prune(
     now: datetime,
     protect: str | None = None,
     dry_run: bool = False,
+    check: bool = False,
 ) -> PruneResult:
-    """Apply policy to directory. The caller holds the directory's lock."""
+    """Apply policy to directory (check: compare checksums too). The caller holds the
+    directory's lock unless dry_run. Returns the decisions and what was deleted."""
     sets = catalog.scan(directory)
     by_prefix = {s.prefix: s for s in sets}
-    decisions = decide(sets, policy, now, protect)
-    result = PruneResult(decisions)
-    if dry_run:
-        return result
+    damaged = {s.prefix: why for s in sets if s.complete and (why := damage(s, check=check))}
+    verified = {s.prefix for s in sets if verification_status(s) == "verified"}
+    decisions = decide(sets, policy, now, protect, damaged=damaged, verified=verified)
+    result = PruneResult(decisions, dry_run=dry_run)
     for d in decisions:
-        if not d.keep and naming.is_prefix(d.prefix):
-            result.deleted_files += delete_set(by_prefix[d.prefix])
-            result.deleted_sets.append(d.prefix)
+        if d.keep or not naming.is_prefix(d.prefix):
+            continue
+        bset = by_prefix[d.prefix]
+        result.deleted_files += len(deletion_order(bset)) if dry_run else delete_set(bset)
+        result.deleted_sets.append(d.prefix)
     return result
 
 
 def report(ui: Reporter, result: PruneResult) -> None:
-    if result.deleted_sets:
-        ui.ok(
-            f"Cleaned up {len(result.deleted_sets)} old backup set(s) "
-            f"({result.deleted_files} files)"
-        )
+    """Say what was cleaned up, and warn about every set kept because it needs a look."""
+    for d in result.decisions:
+        if d.flagged and not result.dry_run:  # a dry run shows every decision anyway
+            ui.warn(f"{d.prefix} is {d.reason}")
+    n, files = len(result.deleted_sets), result.deleted_files
+    if result.dry_run:
+        ui.ok(f"Dry run: would clean up {n} old backup set(s) ({files} files); deleted nothing")
+    elif n:
+        ui.ok(f"Cleaned up {n} old backup set(s) ({files} files)")
     else:
         ui.ok("No old backups to clean up")

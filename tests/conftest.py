@@ -129,6 +129,15 @@ def run_pgvault(
     )
 
 
+def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode != 0, res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("pgvault: error: "), lines[0]
+    assert "(" in lines[0] and lines[0].endswith(")"), "the line must carry a hint"
+    return lines[0]
+
+
 @pytest.fixture
 def backup_dir(tmp_path) -> Path:
     return tmp_path / "backups"

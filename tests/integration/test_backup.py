@@ -26,6 +26,7 @@ from tests.conftest import (
     PASSWORD_USER,
     create_database,
     drop_database,
+    one_line_error,
     pgvault_env,
     run_pgvault,
     run_sql,
@@ -52,15 +53,6 @@ def digest(directory: Path) -> dict[str, str]:
 def manifest_of(directory: Path, prefix: str | None = None) -> dict:
     paths = sorted(directory.glob(f"{prefix or 'backup-*'}-manifest.json"))
     return json.loads(paths[-1].read_text())
-
-
-def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
-    assert res.returncode != 0, res.stdout
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("pgvault: error: "), lines[0]
-    assert "(" in lines[0] and lines[0].endswith(")"), "the line must carry a hint"
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
