@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail(e.line(), e.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted (nothing that was unfinished was kept)", 130)
+    except BrokenPipeError:
+        # The reader went away (`pgvault list | head`): stop quietly, as `ls | head` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except Exception as e:
         if full_error:
             raise
