@@ -138,6 +138,32 @@ def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def plain_psql_restore(psql: str, conninfo: str, files: dict[str, Path]) -> None:
+    """The seed's documented restore: one psql, one transaction, triggers off for data."""
+    res = subprocess.run(
+        [
+            psql,
+            "-X",
+            "--single-transaction",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-f",
+            str(files["roles"]),
+            "-f",
+            str(files["schema"]),
+            "-c",
+            "SET session_replication_role = replica",
+            "-f",
+            str(files["data"]),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+
+
 @pytest.fixture
 def backup_dir(tmp_path) -> Path:
     return tmp_path / "backups"

@@ -28,6 +28,7 @@ from tests.conftest import (
     drop_database,
     one_line_error,
     pgvault_env,
+    plain_psql_restore,
     run_pgvault,
     run_sql,
 )
@@ -185,29 +186,7 @@ def test_writes_during_a_backup_stay_consistent(
     try:
         tconn = other_cluster.conn(target)
         files = {k: next(backup_dir.glob(f"*-{k}.sql")) for k in ("roles", "schema", "data")}
-        psql = server_programs.path("psql")
-        subprocess.run(
-            [
-                psql,
-                "-X",
-                "-q",
-                "--single-transaction",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                tconn.conninfo,
-                "-f",
-                str(files["roles"]),
-                "-f",
-                str(files["schema"]),
-                "-c",
-                "SET session_replication_role = replica",
-                "-f",
-                str(files["data"]),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        plain_psql_restore(server_programs.path("psql"), tconn.conninfo, files)
         with connect(tconn, autocommit=True) as pg:
             n, s = pg.execute("SELECT n, s FROM totals").fetchone()
             orders, amount = pg.execute(

@@ -4,37 +4,16 @@ guide, into an empty database of a fresh cluster and gives an identical database
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-from tests.conftest import create_database, drop_database, pgvault_env, run_pgvault
+from tests.conftest import (
+    create_database,
+    drop_database,
+    pgvault_env,
+    plain_psql_restore,
+    run_pgvault,
+)
 from tests.fidelity import diff, fingerprint
-
-
-def plain_psql_restore(psql: str, conninfo: str, files: dict[str, Path]) -> None:
-    """The seed's documented restore: one psql, one transaction, triggers off for data."""
-    res = subprocess.run(
-        [
-            psql,
-            "-X",
-            "--single-transaction",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            conninfo,
-            "-f",
-            str(files["roles"]),
-            "-f",
-            str(files["schema"]),
-            "-c",
-            "SET session_replication_role = replica",
-            "-f",
-            str(files["data"]),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 0, res.stderr
 
 
 def set_files(directory: Path) -> dict[str, Path]:
