@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -240,3 +241,42 @@ def _read_holder(fd: int) -> str:
         return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
     except OSError:
         return ""
+
+
+def file_problems(
+    prefix: str, files: Mapping[str, Path], manifest: Mapping[str, Any], *, checksums: bool
+) -> list[str]:
+    """Compare a set's files with its manifest: sizes always (a stat each), sha256 too
+    when checksums (every byte is read). Missing files are not reported here: they make
+    the set incomplete, not damaged. Names are given without the prefix."""
+    entries = manifest.get("files")
+    if not isinstance(entries, dict) or not entries:
+        return ["the manifest lists no files"]
+    problems = []
+    for kind, entry in sorted(entries.items()):
+        path = files.get(kind)
+        if path is None:
+            continue
+        short = path.name.removeprefix(prefix + "-")
+        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int):
+            problems.append(f"the manifest has no size for {kind}")
+            continue
+        try:
+            size = path.stat().st_size
+            if size != entry["size"]:
+                problems.append(f"{short} is {size} bytes, the manifest says {entry['size']}")
+            elif checksums and _sha256(path) != entry.get("sha256"):
+                problems.append(f"{short} does not match its sha256 in the manifest")
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            problems.append(f"{short} is unreadable: {e.strerror}")
+    return problems
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

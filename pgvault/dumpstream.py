@@ -169,6 +169,8 @@ class DataFilter:
     restore transaction early and make it non-atomic; those lines are dropped. Only
     lines outside COPY data are looked at: a row may well read `BEGIN;`. drop_also
     names further whole lines to drop there (e.g. settings an older server lacks).
+    After the end of the stream (an empty chunk), open_copy names the table whose COPY
+    data never ended: psql would read whatever follows as rows.
     """
 
     def __init__(self, drop_also: tuple[bytes, ...] = ()) -> None:
@@ -178,9 +180,12 @@ class DataFilter:
         self.open_copy: str | None = None  # the table whose COPY has not ended yet
 
     def __call__(self, chunk: bytes) -> bytes:
-        if not chunk:  # end of stream: a last line without a newline
+        if not chunk:  # end of stream: a last line without a newline is a line too
             rest, self._carry = self._carry, b""
-            return b"" if rest in self.drop and not self._in_copy else rest
+            if self._in_copy or not rest:
+                return rest  # a `\.` without its newline does not end the data for psql
+            self._outside_copy(rest)
+            return b"" if rest in self.drop else rest
         data = self._carry + chunk if self._carry else chunk
         end = data.rfind(b"\n") + 1
         self._carry = data[end:]
@@ -205,11 +210,14 @@ class DataFilter:
             line = data[pos:eol]
             if line not in self.drop:
                 out.append(data[pos : eol + 1])
-            if line.startswith(b"COPY ") and line.endswith(b" FROM stdin;"):
-                self._in_copy = True
-                self.open_copy = parse_copy_header(line)
+            self._outside_copy(line)
             pos = eol + 1
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _outside_copy(self, line: bytes) -> None:
+        if line.startswith(b"COPY ") and line.endswith(b" FROM stdin;"):
+            self._in_copy = True
+            self.open_copy = parse_copy_header(line)
 
 
 def drop_lines(drop: tuple[bytes, ...]) -> Callable[[bytes], bytes]:

@@ -9,24 +9,21 @@ pre-data, data (triggers off), post-data, COMMIT.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pgvault import catalog, clients, naming, pipeline
+from pgvault import catalog, naming
 from pgvault.config import Confirm, PgvaultConfig, TargetConfig
 from pgvault.connection import Conn, conn_for_target, conn_from_url, connect
-from pgvault.dumpstream import DataFilter, drop_lines
 from pgvault.errors import (
-    ClientProgramError,
     ConfigError,
     DatabaseMissing,
     IntegrityError,
@@ -34,72 +31,8 @@ from pgvault.errors import (
     PgvaultError,
     Refused,
 )
+from pgvault.load import LoadedSet, RestoreFailed, load_set, psql_for
 from pgvault.ui import Reporter, mb
-
-# Server versions before 17 reject this line, which pg_dump 17 and newer write.
-_NEW_SETTINGS = (b"SET transaction_timeout = 0;",)
-
-# Drops everything pg_dump would dump from the database (roles are cluster-wide and are
-# only created or updated), then makes `public` as initdb does: pg_dump writes only how
-# a database's public schema differs from that.
-WIPE_SQL = """
-DO $pgvault$
-DECLARE r record;
-BEGIN
-    PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
-    FOR r IN SELECT evtname FROM pg_catalog.pg_event_trigger LOOP
-        EXECUTE format('DROP EVENT TRIGGER %I', r.evtname);
-    END LOOP;
-    FOR r IN SELECT pubname FROM pg_catalog.pg_publication LOOP
-        EXECUTE format('DROP PUBLICATION %I', r.pubname);
-    END LOOP;
-    FOR r IN SELECT extname FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql' LOOP
-        EXECUTE format('DROP EXTENSION IF EXISTS %I CASCADE', r.extname);
-    END LOOP;
-    FOR r IN SELECT nspname FROM pg_catalog.pg_namespace
-        WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-            AND nspname !~ '^pg_(toast_)?temp_' LOOP
-        EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', r.nspname);
-    END LOOP;
-    FOR r IN SELECT fdwname FROM pg_catalog.pg_foreign_data_wrapper LOOP
-        EXECUTE format('DROP FOREIGN DATA WRAPPER IF EXISTS %I CASCADE', r.fdwname);
-    END LOOP;
-    FOR r IN SELECT format_type(castsource, NULL) AS s, format_type(casttarget, NULL) AS t
-        FROM pg_catalog.pg_cast WHERE oid >= 16384 LOOP
-        EXECUTE format('DROP CAST IF EXISTS (%s AS %s) CASCADE', r.s, r.t);
-    END LOOP;
-    IF current_setting('server_version_num')::int >= 150000 THEN
-        CREATE SCHEMA public AUTHORIZATION pg_database_owner;
-        GRANT USAGE ON SCHEMA public TO PUBLIC;
-    ELSE
-        CREATE SCHEMA public;
-        EXECUTE format('ALTER SCHEMA public OWNER TO %I',
-                       (SELECT rolname FROM pg_catalog.pg_authid WHERE oid = 10));
-        GRANT ALL ON SCHEMA public TO PUBLIC;
-    END IF;
-    COMMENT ON SCHEMA public IS 'standard public schema';
-END $pgvault$;
-"""
-
-
-@dataclass(frozen=True)
-class LoadedSet:
-    """A set ready to restore: its directory, files by kind and manifest."""
-
-    prefix: str
-    directory: Path
-    files: dict[str, Path]
-    manifest: dict[str, Any]
-
-    @property
-    def compression(self) -> str:
-        return str(self.manifest.get("compression", "none"))
-
-    @property
-    def dump_major(self) -> int:
-        """Major version of the pg_dump that wrote the set."""
-        version = str(self.manifest.get("clients", {}).get("version", "0"))
-        return int(version.split(".")[0] or 0)
 
 
 def resolve_prefix(prefix: str | None, dir_value: str | None) -> tuple[Path, str]:
@@ -149,20 +82,7 @@ def find_set(directory: Path, prefix: str) -> LoadedSet:
 
 def file_problems(bset: LoadedSet) -> list[str]:
     """Compare each file's size and sha256 with the manifest; return what disagrees."""
-    problems = []
-    for kind, path in bset.files.items():
-        want = bset.manifest["files"][kind]
-        size = path.stat().st_size
-        if size != want["size"]:
-            problems.append(f"{path.name} is {size} bytes, the manifest says {want['size']}")
-            continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(pipeline.CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != want["sha256"]:
-            problems.append(f"{path.name} does not match its sha256 in the manifest")
-    return problems
+    return catalog.file_problems(bset.prefix, bset.files, bset.manifest, checksums=True)
 
 
 def restore_conn(cfg: PgvaultConfig) -> Conn:
@@ -173,81 +93,6 @@ def restore_conn(cfg: PgvaultConfig) -> Conn:
         return conn_from_url(other, what="restore.target")
     conn = conn_for_target(cfg.target)
     return conn.with_dbname(other) if other else conn
-
-
-def psql_for(server_major: int, dump_major: int, where: str, bindir: str | None) -> str:
-    """psql that can talk to the server and read what the set's pg_dump wrote."""
-    found = clients.available_programs(("psql",), bindir)
-    chosen = clients.pick(max(server_major, dump_major), found)
-    if chosen is not None:
-        return chosen.path("psql")
-    if dump_major > server_major:
-        need = dump_major
-        what = f"this set was written by pg_dump {dump_major}; restoring it needs psql {need}+"
-    else:
-        need = server_major
-        what = f"no psql {need} or newer for the PostgreSQL {need} server at {where}"
-    raise ClientProgramError(
-        what, f"install postgresql-client-{need} (or brew install postgresql@{need})"
-    )
-
-
-def restore_parts(
-    bset: LoadedSet, server_major: int
-) -> Callable[[list[pipeline.Stage]], Iterator[bytes]]:
-    """The one stream psql reads: the whole restore inside a single transaction, in the
-    order pre-data, data, post-data, so indexes and constraints are built once."""
-    drop = _NEW_SETTINGS if server_major < 17 else ()
-    offset = int(bset.manifest["schema_post_data_offset"])
-    decompress = None
-    if bset.compression != "none":
-        argv = clients.DECOMPRESSORS[bset.compression]
-        decompress = [clients.tool_path(argv[0]), *argv[1:]]
-
-    def sql_file(
-        path: Path, running: list[pipeline.Stage], start: int = 0, stop: int | None = None
-    ) -> Iterator[bytes]:
-        transform = drop_lines(drop)
-        for chunk in pipeline.file_chunks(path, {}, running, start=start, stop=stop):
-            yield transform(chunk)
-        yield transform(b"") + b"\n"
-
-    def parts(running: list[pipeline.Stage]) -> Iterator[bytes]:
-        yield b"BEGIN;\nSET LOCAL lock_timeout = '60s';\n"
-        yield from sql_file(bset.files["roles"], running)
-        yield WIPE_SQL.encode()
-        yield from sql_file(bset.files["schema"], running, stop=offset)
-        yield b"SET session_replication_role = replica;\n"
-        data = DataFilter(drop)
-        for chunk in pipeline.file_chunks(
-            bset.files["data"], os.environ, running, decompressor=decompress
-        ):
-            yield data(chunk)
-        yield data(b"")
-        if data.open_copy is not None:
-            # Never let psql read what follows as rows: stop before COMMIT.
-            raise IntegrityError(
-                f"{bset.files['data'].name} ends inside the data of {data.open_copy}",
-                "the file is truncated; restore another set",
-            )
-        yield b"\n"
-        yield b"SET session_replication_role = DEFAULT;\n"
-        yield from sql_file(bset.files["schema"], running, start=offset)
-        yield b"COMMIT;\n"
-
-    return parts
-
-
-def load_set(bset: LoadedSet, conn: Conn, psql: str, server_major: int) -> None:
-    """Replace conn's database with the set, atomically: on any failure nothing changed."""
-    argv = [psql, *clients.psql_args(conn.conninfo)]
-    try:
-        pipeline.stream_into(argv, conn.env(), restore_parts(bset, server_major))
-    except ClientProgramError as e:
-        raise PgvaultError(
-            f"restore failed, {conn.dbname} is unchanged: {e.what.removeprefix('psql failed: ')}",
-            "fix the cause and run the restore again",
-        ) from None
 
 
 def _server(conn: Conn, create: bool) -> tuple[int, str, bool]:
@@ -299,7 +144,7 @@ def confirmed(cfg: PgvaultConfig, ask: Callable[[str], str] = input) -> bool:
     policy = cfg.restore.confirm
     if policy is Confirm.never or (policy is Confirm.tty and cfg.yes):
         return True
-    if not sys.stdin.isatty():
+    if sys.stdin is None or not sys.stdin.isatty():
         raise Refused(
             "restore needs a confirmation and there is no terminal to ask on",
             "pass yes=true to restore without asking"
@@ -323,7 +168,13 @@ def _safety_backup(cfg: PgvaultConfig, ui: Reporter, conn: Conn, directory: Path
     target = TargetConfig(name=cfg.target.name, url=info or None)
     sub = replace(cfg, dir=str(directory), target=target, quiet=True)
     # No retention here: it could delete the very set being restored.
-    result = run_backup(sub, Reporter(quiet=True), apply_retention=False)
+    try:
+        result = run_backup(sub, Reporter(quiet=True), apply_retention=False)
+    except PgvaultError as e:
+        raise PgvaultError(
+            f"the safety backup of {conn.dbname} failed, nothing was restored: {e.what}",
+            (f"{e.hint}, " if e.hint else "") + "or pass restore.safety_backup=false",
+        ) from None
     ui.ok(f"Safety backup of {conn.dbname}: {result.prefix} (in {directory})")
     return result.prefix
 
@@ -358,20 +209,26 @@ def run_restore(
     psql = psql_for(server_major, bset.dump_major, conn.where, cfg.clients.bindir)
     _summary(ui, bset, conn, exists, cfg.restore.safety_backup)
     if not confirmed(cfg, ask):
-        ui.say("Restore cancelled.")
-        return
+        # Not a success: a script that goes on after `pgvault restore` must not think so.
+        raise Refused("Restore cancelled.", "nothing was changed")
     started = time.monotonic()
-    with catalog.locked(directory, timeout=cfg.lock_timeout, what="restore"):
+    with contextlib.ExitStack() as stack:
+        _lock(stack, directory, cfg.lock_timeout)
         if exists and cfg.restore.safety_backup:
             _safety_backup(cfg, ui, conn, directory)
         if not exists:
             _create_database(conn)
         try:
             load_set(bset, conn, psql, server_major)
-        except BaseException:
+        except BaseException as e:
             if not exists:
-                with contextlib.suppress(PgvaultError):
-                    _drop_database(conn)
+                dropped = _drop_database(ui, conn, server_major)
+                if dropped and isinstance(e, RestoreFailed):
+                    raise RestoreFailed(
+                        f"restore failed, the new database {conn.dbname} was dropped again",
+                        e.detail,
+                        e.hint,
+                    ) from None
             raise
     ui.ok(
         f"Restore completed successfully! {conn.dbname} at {conn.where} now holds {prefix} "
@@ -379,11 +236,43 @@ def run_restore(
     )
 
 
+def _lock(stack: contextlib.ExitStack, directory: Path, timeout: float) -> None:
+    """Hold the directory's lock (no prune or backup meanwhile) until stack closes."""
+    try:
+        stack.enter_context(catalog.locked(directory, timeout=timeout, what="restore"))
+    except OSError as e:
+        raise PgvaultError(
+            f"cannot lock {directory}: {e.strerror}",
+            "a restore needs write access to the backup directory; copy the set to one",
+        ) from None
+
+
 def _create_database(conn: Conn) -> None:
     with connect(conn.with_dbname("postgres"), autocommit=True) as pg:
-        pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(conn.dbname)))
+        try:
+            pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(conn.dbname)))
+        except psycopg.Error as e:
+            raise PgvaultError(
+                f"cannot create database {conn.dbname}: {_first_line(e)}",
+                f"create it yourself, or restore as a role with CREATEDB (not {conn.user})",
+            ) from None
 
 
-def _drop_database(conn: Conn) -> None:
-    with connect(conn.with_dbname("postgres"), autocommit=True) as pg:
-        pg.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(conn.dbname)))
+def _drop_database(ui: Reporter, conn: Conn, server_major: int) -> bool:
+    """Drop the database this restore created; say so when that fails."""
+    # psql was just killed: its session may linger a moment, and nobody else has a reason
+    # to be connected to a database created seconds ago.
+    force = " WITH (FORCE)" if server_major >= 13 else ""
+    stmt = sql.SQL("DROP DATABASE IF EXISTS {}" + force).format(sql.Identifier(conn.dbname))
+    try:
+        with connect(conn.with_dbname("postgres"), autocommit=True) as pg:
+            pg.execute(stmt)
+    except (PgvaultError, psycopg.Error) as e:
+        what = e.line() if isinstance(e, PgvaultError) else _first_line(e)
+        ui.warn(f"could not drop the new database {conn.dbname} again: {what}")
+        return False
+    return True
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().partition("\n")[0] or type(e).__name__

@@ -14,7 +14,6 @@ interrupted prune leaves a set that reads as incomplete, never one that looks co
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from pgvault.errors import ConfigError, PgvaultError
 from pgvault.ui import Reporter
 
 VERDICTS = ("verified", "failed")
-_CHUNK = 1 << 20
 
 # keep_* rule -> the UTC bucket a time falls in (restic's buckets; weeks are ISO weeks).
 BUCKETS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
@@ -105,47 +103,13 @@ def read_verification(bset: catalog.BackupSet) -> dict[str, object] | None:
 
 def damage(bset: catalog.BackupSet, *, check: bool = False) -> str | None:
     """Given a set with a manifest, return the first way its files disagree with it
-    (an unreadable manifest, a size, or with check a sha256), or None.
-
-    Sizes cost a stat each, so they are always compared; checksums read every byte.
-    Files that are missing are not damage: the set is incomplete (BackupSet.missing).
-    """
+    (an unreadable manifest, a size, or with check a sha256), or None."""
     if bset.manifest_error is not None:
         return bset.manifest_error
     if bset.manifest is None:
         return None
-    entries = bset.manifest.get("files")
-    if not isinstance(entries, dict) or not entries:
-        return "the manifest lists no files"
-    for kind, entry in sorted(entries.items()):
-        path = bset.files.get(kind)
-        if path is None:
-            continue
-        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int):
-            return f"the manifest has no size for {kind}"
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            return f"{path.name} is unreadable: {e.strerror}"
-        short = path.name.removeprefix(bset.prefix + "-")
-        if size != entry["size"]:
-            return f"{short} is {size} bytes, the manifest says {entry['size']}"
-        if check and _sha256(path) != entry.get("sha256"):
-            return f"the checksum of {short} disagrees with the manifest"
-    return None
-
-
-def _sha256(path: Path) -> str | None:
-    h = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
+    problems = catalog.file_problems(bset.prefix, bset.files, bset.manifest, checksums=check)
+    return problems[0] if problems else None
 
 
 def incomplete_reason(bset: catalog.BackupSet) -> str:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pgvault import catalog, clients, naming, pipeline, restore
+from pgvault import catalog, clients, load, naming, pipeline, restore
 from pgvault.cluster import server_programs, throwaway
 from pgvault.config import PgvaultConfig
 from pgvault.connection import Conn, conn_from_url, connect
@@ -104,14 +104,14 @@ def compare_facts(manifest: dict[str, Any], facts: dict[str, Any]) -> list[str]:
 
 
 @contextlib.contextmanager
-def scratch(cfg: PgvaultConfig, bset: restore.LoadedSet) -> Iterator[tuple[Conn, int, str]]:
+def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[tuple[Conn, int, str]]:
     """Yield (connection, server major, psql) of an empty database to restore into: a
     throwaway cluster (stopped and removed afterwards, whatever happens) or the scratch
     database verify.target names (emptied afterwards)."""
     major = int(bset.manifest.get("server_major", 0))
     if cfg.verify.target == "ephemeral":
         programs = server_programs(major, cfg.clients.bindir)
-        psql = restore.psql_for(programs.major, bset.dump_major, "a throwaway cluster", None)
+        psql = load.psql_for(programs.major, bset.dump_major, "a throwaway cluster", None)
         with throwaway(programs) as cluster:
             db = str(bset.manifest.get("database") or "verify")
             with connect(cluster.conn(), autocommit=True) as pg:
@@ -121,15 +121,15 @@ def scratch(cfg: PgvaultConfig, bset: restore.LoadedSet) -> Iterator[tuple[Conn,
     conn = conn_from_url(cfg.verify.target, what="verify.target")
     with connect(conn, autocommit=True) as pg:
         server_major = pg.info.server_version // 10000
-    psql = restore.psql_for(server_major, bset.dump_major, conn.where, cfg.clients.bindir)
+    psql = load.psql_for(server_major, bset.dump_major, conn.where, cfg.clients.bindir)
     try:
         yield conn, server_major, psql
     finally:
         with connect(conn, autocommit=True) as pg:
-            pg.execute(restore.WIPE_SQL)
+            pg.execute(load.WIPE_SQL)
 
 
-def verify_set(cfg: PgvaultConfig, bset: restore.LoadedSet) -> VerifyResult:
+def verify_set(cfg: PgvaultConfig, bset: load.LoadedSet) -> VerifyResult:
     """Restore bset into an empty database and compare it with its manifest. Raises
     PgvaultError only when the check could not run; a bad set is a failed result."""
     result = VerifyResult(bset.prefix)
@@ -139,7 +139,7 @@ def verify_set(cfg: PgvaultConfig, bset: restore.LoadedSet) -> VerifyResult:
         with connect(conn, autocommit=True) as pg:
             result.server_version = str(pg.info.parameter_status("server_version") or "")
         try:
-            restore.load_set(bset, conn, psql, major)
+            load.load_set(bset, conn, psql, major)
         except PgvaultError as e:
             result.problems.append(e.what)
             # Name the tables all the same, from what the data file holds.
@@ -157,7 +157,7 @@ def verify_set(cfg: PgvaultConfig, bset: restore.LoadedSet) -> VerifyResult:
     return result
 
 
-def file_tables(bset: restore.LoadedSet) -> dict[str, dict[str, Any]]:
+def file_tables(bset: load.LoadedSet) -> dict[str, dict[str, Any]]:
     """Rows and content checksum per table as the set's data file holds them."""
     stats = CopyStats()
     decompress = clients.decompressor(bset.compression)
@@ -208,7 +208,7 @@ def report(ui: Reporter, result: VerifyResult) -> None:
         ui.say(f"✗ {result.prefix} does NOT match its backup: {bad} problem(s)")
 
 
-def sets_to_verify(cfg: PgvaultConfig, directory: Path) -> list[restore.LoadedSet]:
+def sets_to_verify(cfg: PgvaultConfig, directory: Path) -> list[load.LoadedSet]:
     """prefix= names one set; all=true every complete set; else the newest complete one."""
     if cfg.prefix:
         found_dir, prefix = restore.resolve_prefix(cfg.prefix, cfg.dir)

@@ -437,7 +437,7 @@ def test_damage_compares_sizes_always_and_checksums_when_asked(tmp_path):
     assert retention.damage(bset) is None and retention.damage(bset, check=True) is None
     bset.files["data"].write_bytes(b"y" * 10)  # same size, other bytes
     assert retention.damage(bset) is None
-    assert "checksum" in (retention.damage(bset, check=True) or "")
+    assert "sha256" in (retention.damage(bset, check=True) or "")
     bset.files["data"].write_bytes(b"y" * 3)
     assert "3 bytes" in (retention.damage(bset) or "")
 

@@ -1,0 +1,188 @@
+"""The atomic load that restore and verify share: one psql session reading one stream,
+BEGIN, roles, a wipe of the database, pre-data, data (triggers off), post-data, COMMIT,
+so that any failure on the way leaves the database exactly as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgvault import clients, pipeline
+from pgvault.connection import Conn
+from pgvault.dumpstream import DataFilter, drop_lines
+from pgvault.errors import ClientProgramError, IntegrityError, PgvaultError
+
+# Server versions before 17 reject this line, which pg_dump 17 and newer write.
+_NEW_SETTINGS = (b"SET transaction_timeout = 0;",)
+
+# Drops everything pg_dump would dump from the database (roles are cluster-wide and are
+# only created or updated), then makes `public` as initdb does: pg_dump writes only how
+# a database's public schema differs from that.
+WIPE_SQL = """
+DO $pgvault$
+DECLARE r record; a record; kind text;
+BEGIN
+    PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
+    FOR r IN SELECT evtname FROM pg_catalog.pg_event_trigger LOOP
+        EXECUTE format('DROP EVENT TRIGGER %I', r.evtname);
+    END LOOP;
+    FOR r IN SELECT pubname FROM pg_catalog.pg_publication LOOP
+        EXECUTE format('DROP PUBLICATION %I', r.pubname);
+    END LOOP;
+    FOR r IN SELECT extname FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql' LOOP
+        EXECUTE format('DROP EXTENSION IF EXISTS %I CASCADE', r.extname);
+    END LOOP;
+    FOR r IN SELECT nspname FROM pg_catalog.pg_namespace
+        WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+            AND nspname !~ '^pg_(toast_)?temp_' LOOP
+        EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', r.nspname);
+    END LOOP;
+    FOR r IN SELECT fdwname FROM pg_catalog.pg_foreign_data_wrapper LOOP
+        EXECUTE format('DROP FOREIGN DATA WRAPPER IF EXISTS %I CASCADE', r.fdwname);
+    END LOOP;
+    FOR r IN SELECT format_type(castsource, NULL) AS s, format_type(casttarget, NULL) AS t
+        FROM pg_catalog.pg_cast WHERE oid >= 16384 LOOP
+        EXECUTE format('DROP CAST IF EXISTS (%s AS %s) CASCADE', r.s, r.t);
+    END LOOP;
+    -- Default privileges not bound to a schema: set each back to the built-in default,
+    -- which removes its entry (those bound to a schema went with it).
+    FOR r IN SELECT defaclrole::regrole::text AS role, defaclrole, defaclobjtype, defaclacl
+        FROM pg_catalog.pg_default_acl WHERE defaclnamespace = 0 LOOP
+        kind := CASE r.defaclobjtype WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES'
+            WHEN 'f' THEN 'FUNCTIONS' WHEN 'T' THEN 'TYPES' WHEN 'n' THEN 'SCHEMAS' END;
+        FOR a IN SELECT DISTINCT
+                CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE x.grantee::regrole::text END AS who
+            FROM pg_catalog.aclexplode(r.defaclacl) x LOOP
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s REVOKE ALL ON %s FROM %s',
+                           r.role, kind, a.who);
+        END LOOP;
+        FOR a IN SELECT x.privilege_type AS priv,
+                CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE x.grantee::regrole::text END AS who
+            FROM pg_catalog.aclexplode(pg_catalog.acldefault(
+                CASE r.defaclobjtype WHEN 'S' THEN 's' ELSE r.defaclobjtype END,
+                r.defaclrole)) x LOOP
+            EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s GRANT %s ON %s TO %s',
+                           r.role, a.priv, kind, a.who);
+        END LOOP;
+    END LOOP;
+    IF current_setting('server_version_num')::int >= 150000 THEN
+        CREATE SCHEMA public AUTHORIZATION pg_database_owner;
+        GRANT USAGE ON SCHEMA public TO PUBLIC;
+    ELSE
+        CREATE SCHEMA public;
+        EXECUTE format('ALTER SCHEMA public OWNER TO %I',
+                       (SELECT rolname FROM pg_catalog.pg_authid WHERE oid = 10));
+        GRANT ALL ON SCHEMA public TO PUBLIC;
+    END IF;
+    COMMENT ON SCHEMA public IS 'standard public schema';
+END $pgvault$;
+"""
+
+
+@dataclass(frozen=True)
+class LoadedSet:
+    """A set ready to restore: its directory, files by kind and manifest."""
+
+    prefix: str
+    directory: Path
+    files: dict[str, Path]
+    manifest: dict[str, Any]
+
+    @property
+    def compression(self) -> str:
+        return str(self.manifest.get("compression", "none"))
+
+    @property
+    def dump_major(self) -> int:
+        """Major version of the pg_dump that wrote the set."""
+        version = str(self.manifest.get("clients", {}).get("version", "0"))
+        return int(version.split(".")[0] or 0)
+
+
+def psql_for(server_major: int, dump_major: int, where: str, bindir: str | None) -> str:
+    """psql that can talk to the server and read what the set's pg_dump wrote."""
+    found = clients.available_programs(("psql",), bindir)
+    chosen = clients.pick(max(server_major, dump_major), found)
+    if chosen is not None:
+        return chosen.path("psql")
+    if dump_major > server_major:
+        need = dump_major
+        what = f"this set was written by pg_dump {dump_major}; restoring it needs psql {need}+"
+    else:
+        need = server_major
+        what = f"no psql {need} or newer for the PostgreSQL {need} server at {where}"
+    raise ClientProgramError(
+        what, f"install postgresql-client-{need} (or brew install postgresql@{need})"
+    )
+
+
+def restore_parts(
+    bset: LoadedSet, server_major: int
+) -> Callable[[list[pipeline.Stage]], Iterator[bytes]]:
+    """The one stream psql reads: the whole restore inside a single transaction, in the
+    order pre-data, data, post-data, so indexes and constraints are built once."""
+    drop = _NEW_SETTINGS if server_major < 17 else ()
+    offset = int(bset.manifest["schema_post_data_offset"])
+    decompress = None
+    if bset.compression != "none":
+        argv = clients.DECOMPRESSORS[bset.compression]
+        decompress = [clients.tool_path(argv[0]), *argv[1:]]
+
+    def sql_file(
+        path: Path, running: list[pipeline.Stage], start: int = 0, stop: int | None = None
+    ) -> Iterator[bytes]:
+        transform = drop_lines(drop)
+        for chunk in pipeline.file_chunks(path, {}, running, start=start, stop=stop):
+            yield transform(chunk)
+        yield transform(b"") + b"\n"
+
+    def parts(running: list[pipeline.Stage]) -> Iterator[bytes]:
+        yield b"BEGIN;\nSET LOCAL lock_timeout = '60s';\n"
+        yield from sql_file(bset.files["roles"], running)
+        yield WIPE_SQL.encode()
+        yield from sql_file(bset.files["schema"], running, stop=offset)
+        yield b"SET session_replication_role = replica;\n"
+        data = DataFilter(drop)
+        for chunk in pipeline.file_chunks(
+            bset.files["data"], os.environ, running, decompressor=decompress
+        ):
+            yield data(chunk)
+        yield data(b"")
+        if data.open_copy is not None:
+            # Never let psql read what follows as rows: stop before COMMIT.
+            raise IntegrityError(
+                f"{bset.files['data'].name} ends inside the data of {data.open_copy}",
+                "the file is truncated; restore another set",
+            )
+        yield b"\n"
+        yield b"SET session_replication_role = DEFAULT;\n"
+        yield from sql_file(bset.files["schema"], running, start=offset)
+        yield b"COMMIT;\n"
+
+    return parts
+
+
+class RestoreFailed(PgvaultError):
+    """The restore transaction did not commit: the database is as it was."""
+
+    def __init__(
+        self, lead: str, detail: str, hint: str = "fix the cause and run the restore again"
+    ) -> None:
+        super().__init__(f"{lead}: {detail}", hint)
+        self.detail = detail
+
+
+def load_set(bset: LoadedSet, conn: Conn, psql: str, server_major: int) -> None:
+    """Replace conn's database with the set, atomically: on any failure nothing changed."""
+    argv = [psql, *clients.psql_args(conn.conninfo)]
+    try:
+        pipeline.stream_into(argv, conn.env(), restore_parts(bset, server_major))
+    except ClientProgramError as e:  # psql (or a decompressor) failed
+        detail = e.what.removeprefix("psql failed: ")
+        raise RestoreFailed(f"restore failed, {conn.dbname} is unchanged", detail) from None
+    except IntegrityError as e:  # found in the stream: psql was stopped before COMMIT
+        raise RestoreFailed(f"restore failed, {conn.dbname} is unchanged", e.what, e.hint) from None
