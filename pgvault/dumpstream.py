@@ -170,7 +170,8 @@ class DataFilter:
     lines outside COPY data are looked at: a row may well read `BEGIN;`. drop_also
     names further whole lines to drop there (e.g. settings an older server lacks).
     After the end of the stream (an empty chunk), open_copy names the table whose COPY
-    data never ended: psql would read whatever follows as rows.
+    data never ended: psql would read whatever follows as rows; rows holds the number of
+    rows the stream carried for each table, to hold against the manifest.
     """
 
     def __init__(self, drop_also: tuple[bytes, ...] = ()) -> None:
@@ -178,6 +179,7 @@ class DataFilter:
         self._carry = b""
         self._in_copy = False
         self.open_copy: str | None = None  # the table whose COPY has not ended yet
+        self.rows: dict[str, int] = {}
 
     def __call__(self, chunk: bytes) -> bytes:
         if not chunk:  # end of stream: a last line without a newline is a line too
@@ -198,9 +200,12 @@ class DataFilter:
                 else:
                     found = data.find(b"\n" + _TERMINATOR, pos, end)
                     term = found + 1 if found >= 0 else -1
+                assert self.open_copy is not None
                 if term < 0:
+                    self.rows[self.open_copy] += data.count(b"\n", pos, end)
                     out.append(data[pos:end])
                     break
+                self.rows[self.open_copy] += data.count(b"\n", pos, term)
                 out.append(data[pos : term + len(_TERMINATOR)])
                 pos = term + len(_TERMINATOR)
                 self._in_copy = False
@@ -218,6 +223,7 @@ class DataFilter:
         if line.startswith(b"COPY ") and line.endswith(b" FROM stdin;"):
             self._in_copy = True
             self.open_copy = parse_copy_header(line)
+            self.rows.setdefault(self.open_copy, 0)
 
 
 def drop_lines(drop: tuple[bytes, ...]) -> Callable[[bytes], bytes]:

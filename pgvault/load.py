@@ -6,6 +6,7 @@ so that any failure on the way leaves the database exactly as it was.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,40 +98,83 @@ class LoadedSet:
         return str(self.manifest.get("compression", "none"))
 
     @property
+    def dump_version(self) -> str:
+        """Version of the pg_dump that wrote the set ("0" when the manifest lacks it)."""
+        return str(self.manifest.get("clients", {}).get("version", "0"))
+
+    @property
     def dump_major(self) -> int:
-        """Major version of the pg_dump that wrote the set."""
-        version = str(self.manifest.get("clients", {}).get("version", "0"))
-        return int(version.split(".")[0] or 0)
+        m = re.match(r"\d+", self.dump_version)
+        return int(m.group()) if m else 0
 
 
-def psql_for(server_major: int, dump_major: int, where: str, bindir: str | None) -> str:
-    """psql that can talk to the server and read what the set's pg_dump wrote."""
+# The releases from which pg_dump writes `\restrict` lines and psql reads them; an older
+# psql of the same major version stops at the first one.
+_RESTRICT_SINCE = {13: (13, 22), 14: (14, 19), 15: (15, 14), 16: (16, 10), 17: (17, 6)}
+
+
+def knows_restrict(version: str) -> bool:
+    """Whether a PostgreSQL client of this version writes (pg_dump) or reads (psql)
+    `\restrict`."""
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    if not numbers:
+        return False
+    if numbers[0] >= 18:
+        return True
+    since = _RESTRICT_SINCE.get(numbers[0])
+    return since is not None and numbers >= since
+
+
+def psql_for(
+    server_major: int, dump_major: int, where: str, bindir: str | None, dump_version: str = ""
+) -> str:
+    """psql that can talk to the server and read what the set's pg_dump wrote: at least
+    both major versions, and new enough for `\restrict` when the pg_dump wrote it."""
     found = clients.available_programs(("psql",), bindir)
+    if knows_restrict(dump_version):
+        found = [p for p in found if knows_restrict(p.version)]
     chosen = clients.pick(max(server_major, dump_major), found)
     if chosen is not None:
         return chosen.path("psql")
     if dump_major > server_major:
         need = dump_major
         what = f"this set was written by pg_dump {dump_major}; restoring it needs psql {need}+"
+    elif knows_restrict(dump_version):
+        need = max(server_major, dump_major)
+        what = (
+            f"this set was written by pg_dump {dump_version}, whose \\restrict lines need a "
+            f"psql {need} of the same release or newer"
+        )
     else:
         need = server_major
         what = f"no psql {need} or newer for the PostgreSQL {need} server at {where}"
     raise ClientProgramError(
-        what, f"install postgresql-client-{need} (or brew install postgresql@{need})"
+        what, f"install postgresql-client-{need}, or brew install postgresql@{need}"
     )
 
 
+def row_mismatches(expected: dict[str, Any], seen: dict[str, int]) -> list[str]:
+    """Tables whose row count in the data stream differs from the manifest's."""
+    out = []
+    for name in sorted(set(expected) | set(seen)):
+        want = expected[name]["rows"] if name in expected else None
+        got = seen.get(name)
+        if want != got:
+            out.append(f"{name} ({'no' if got is None else got} rows, the backup had {want})")
+    return out
+
+
 def restore_parts(
-    bset: LoadedSet, server_major: int
+    bset: LoadedSet, server_major: int, *, strict: bool = True
 ) -> Callable[[list[pipeline.Stage]], Iterator[bytes]]:
     """The one stream psql reads: the whole restore inside a single transaction, in the
-    order pre-data, data, post-data, so indexes and constraints are built once."""
+    order pre-data, data, post-data, so indexes and constraints are built once.
+
+    strict: stop before COMMIT when the data file's rows disagree with the manifest (a
+    file cut between two tables restores cleanly otherwise)."""
     drop = _NEW_SETTINGS if server_major < 17 else ()
     offset = int(bset.manifest["schema_post_data_offset"])
-    decompress = None
-    if bset.compression != "none":
-        argv = clients.DECOMPRESSORS[bset.compression]
-        decompress = [clients.tool_path(argv[0]), *argv[1:]]
+    decompress = clients.decompressor(bset.compression)
 
     def sql_file(
         path: Path, running: list[pipeline.Stage], start: int = 0, stop: int | None = None
@@ -158,6 +202,14 @@ def restore_parts(
                 f"{bset.files['data'].name} ends inside the data of {data.open_copy}",
                 "the file is truncated; restore another set",
             )
+        expected = bset.manifest.get("tables")
+        if strict and expected is not None and (wrong := row_mismatches(expected, data.rows)):
+            more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+            raise IntegrityError(
+                f"{bset.files['data'].name} disagrees with the manifest: {'; '.join(wrong[:3])}"
+                + more,
+                "the file is damaged; restore another set (force=true restores it anyway)",
+            )
         yield b"\n"
         yield b"SET session_replication_role = DEFAULT;\n"
         yield from sql_file(bset.files["schema"], running, start=offset)
@@ -176,11 +228,17 @@ class RestoreFailed(PgvaultError):
         self.detail = detail
 
 
-def load_set(bset: LoadedSet, conn: Conn, psql: str, server_major: int) -> None:
-    """Replace conn's database with the set, atomically: on any failure nothing changed."""
+def load_set(
+    bset: LoadedSet, conn: Conn, psql: str, server_major: int, *, strict: bool = True
+) -> None:
+    """Replace conn's database with the set, atomically: on any failure nothing changed.
+    strict: also refuse data whose rows disagree with the manifest (see restore_parts)."""
     argv = [psql, *clients.psql_args(conn.conninfo)]
     try:
-        pipeline.stream_into(argv, conn.env(), restore_parts(bset, server_major))
+        pipeline.stream_into(argv, conn.env(), restore_parts(bset, server_major, strict=strict))
+    except OSError as e:  # a set file went away or could not be read mid-stream
+        detail = f"cannot read {e.filename or 'a set file'}: {e.strerror}"
+        raise RestoreFailed(f"restore failed, {conn.dbname} is unchanged", detail) from None
     except ClientProgramError as e:  # psql (or a decompressor) failed
         detail = e.what.removeprefix("psql failed: ")
         raise RestoreFailed(f"restore failed, {conn.dbname} is unchanged", detail) from None

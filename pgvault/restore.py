@@ -206,7 +206,9 @@ def run_restore(
         ui.warn(f"{problem}; restoring anyway (force=true)")
     conn = restore_conn(cfg)
     server_major, server_version, exists = _server(conn, cfg.restore.create_database)
-    psql = psql_for(server_major, bset.dump_major, conn.where, cfg.clients.bindir)
+    psql = psql_for(
+        server_major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version
+    )
     _summary(ui, bset, conn, exists, cfg.restore.safety_backup)
     if not confirmed(cfg, ask):
         # Not a success: a script that goes on after `pgvault restore` must not think so.
@@ -219,7 +221,7 @@ def run_restore(
         if not exists:
             _create_database(conn)
         try:
-            load_set(bset, conn, psql, server_major)
+            load_set(bset, conn, psql, server_major, strict=not cfg.force)
         except BaseException as e:
             if not exists:
                 dropped = _drop_database(ui, conn, server_major)

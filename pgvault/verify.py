@@ -111,7 +111,9 @@ def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[tuple[Conn, in
     major = int(bset.manifest.get("server_major", 0))
     if cfg.verify.target == "ephemeral":
         programs = server_programs(major, cfg.clients.bindir)
-        psql = load.psql_for(programs.major, bset.dump_major, "a throwaway cluster", None)
+        psql = load.psql_for(
+            programs.major, bset.dump_major, "a throwaway cluster", None, bset.dump_version
+        )
         with throwaway(programs) as cluster:
             db = str(bset.manifest.get("database") or "verify")
             with connect(cluster.conn(), autocommit=True) as pg:
@@ -121,7 +123,9 @@ def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[tuple[Conn, in
     conn = conn_from_url(cfg.verify.target, what="verify.target")
     with connect(conn, autocommit=True) as pg:
         server_major = pg.info.server_version // 10000
-    psql = load.psql_for(server_major, bset.dump_major, conn.where, cfg.clients.bindir)
+    psql = load.psql_for(
+        server_major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version
+    )
     try:
         yield conn, server_major, psql
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,34 @@ def test_data_filter_drops_exactly_the_lines_outside_copy_in_any_chunking(data, 
     out, open_copy = run_filter(data, cuts)
     assert (out, open_copy) == reference(data, DROP)
     assert open_copy is None
+
+
+def reference_rows(data: bytes) -> dict[str, int]:
+    """Rows per table, one whole line at a time (a table's blocks add up)."""
+    rows: dict[str, int] = {}
+    current = None
+    for line in data.split(b"\n")[:-1]:
+        if current is not None:
+            if line == b"\\.":
+                current = None
+            else:
+                rows[current] += 1
+        elif line.startswith(b"COPY ") and line.endswith(b" FROM stdin;"):
+            current = parse_copy_header(line)
+            rows.setdefault(current, 0)
+    return rows
+
+
+@given(stream, st.lists(st.integers(0, 10**6), max_size=30))
+def test_data_filter_counts_each_tables_rows_in_any_chunking(data, cuts):
+    f = DataFilter()
+    pos = 0
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
+        if cut > pos:
+            f(data[pos:cut])
+            pos = cut
+    f(b"")
+    assert f.rows == reference_rows(data)
 
 
 @given(stream, st.integers(0, 10**6), st.lists(st.integers(0, 10**6), max_size=30))
@@ -238,6 +267,24 @@ def test_a_truncated_data_file_stops_the_stream_before_commit(tmp_path):
     assert b"session_replication_role = DEFAULT" not in tail and b"CREATE INDEX" not in tail
 
 
+def test_rows_that_disagree_with_the_manifest_stop_the_stream_before_commit(tmp_path):
+    bset = fake_set(tmp_path)
+    bset.manifest["tables"] = {"public.t": {"rows": 3, "sha256": "x"}}
+    assert stream_of(bset, 17).endswith(b"COMMIT;\n")  # COPY holds 3 rows: it agrees
+    for tables, named in [
+        ({"public.t": {"rows": 4, "sha256": "x"}}, "public.t (3 rows, the backup had 4)"),
+        ({"public.t": {"rows": 3}, "public.u": {"rows": 1}}, "public.u (no rows, the backup"),
+    ]:
+        bset.manifest["tables"] = tables
+        sent = []
+        with pytest.raises(IntegrityError, match=re.escape(named)):
+            for chunk in load.restore_parts(bset, 17)([]):
+                sent.append(chunk)
+        assert b"CREATE INDEX" not in b"".join(sent)
+        # force=true restores it anyway.
+        assert b"".join(load.restore_parts(bset, 17, strict=False)([])).endswith(b"COMMIT;\n")
+
+
 # --- choices made before anything changes --------------------------------------------
 
 
@@ -258,6 +305,25 @@ def test_psql_must_read_what_the_newer_pg_dump_wrote(tmp_path):
         load.psql_for(15, 17, "db:5432", str(old.parent))
     assert "pg_dump 17" in e.value.what and "psql 17+" in e.value.what
     assert "postgresql-client-17" in e.value.hint
+
+
+@pytest.mark.parametrize(
+    ("version", "knows"),
+    [("15.13", False), ("15.14", True), ("16.9", False), ("16.10", True), ("17.6", True),
+     ("13.21", False), ("18beta1", True), ("12.22", False), ("0", False)],
+)  # fmt: skip
+def test_which_releases_know_restrict(version, knows):
+    assert load.knows_restrict(version) is knows
+
+
+def test_a_dump_with_restrict_lines_needs_a_psql_that_reads_them(tmp_path):
+    old = fake_psql(tmp_path / "old", "15.13")
+    with pytest.raises(ClientProgramError) as e:
+        load.psql_for(15, 15, "db:5432", str(old.parent), dump_version="15.14")
+    assert "pg_dump 15.14" in e.value.what and "postgresql-client-15" in e.value.hint
+    assert load.psql_for(15, 15, "db:5432", str(old.parent), dump_version="15.13") == str(old)
+    new = fake_psql(tmp_path / "new", "15.20")
+    assert load.psql_for(15, 15, "db:5432", str(new.parent), dump_version="15.14") == str(new)
 
 
 def test_psql_must_talk_to_the_server(tmp_path):
