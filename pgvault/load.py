@@ -160,7 +160,7 @@ def row_mismatches(expected: dict[str, Any], seen: dict[str, int]) -> list[str]:
         want = expected[name]["rows"] if name in expected else None
         got = seen.get(name)
         if want != got:
-            out.append(f"{name} ({'no' if got is None else got} rows, the backup had {want})")
+            out.append(f"{name} has {'no' if got is None else got} rows, the backup had {want}")
     return out
 
 
@@ -208,7 +208,7 @@ def restore_parts(
             raise IntegrityError(
                 f"{bset.files['data'].name} disagrees with the manifest: {'; '.join(wrong[:3])}"
                 + more,
-                "the file is damaged; restore another set (force=true restores it anyway)",
+                "the file is damaged; restore another set, or force=true to restore it anyway",
             )
         yield b"\n"
         yield b"SET session_replication_role = DEFAULT;\n"

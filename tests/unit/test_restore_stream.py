@@ -272,8 +272,8 @@ def test_rows_that_disagree_with_the_manifest_stop_the_stream_before_commit(tmp_
     bset.manifest["tables"] = {"public.t": {"rows": 3, "sha256": "x"}}
     assert stream_of(bset, 17).endswith(b"COMMIT;\n")  # COPY holds 3 rows: it agrees
     for tables, named in [
-        ({"public.t": {"rows": 4, "sha256": "x"}}, "public.t (3 rows, the backup had 4)"),
-        ({"public.t": {"rows": 3}, "public.u": {"rows": 1}}, "public.u (no rows, the backup"),
+        ({"public.t": {"rows": 4, "sha256": "x"}}, "public.t has 3 rows, the backup had 4"),
+        ({"public.t": {"rows": 3}, "public.u": {"rows": 1}}, "public.u has no rows, the backup"),
     ]:
         bset.manifest["tables"] = tables
         sent = []
