@@ -82,7 +82,7 @@ def remove_stale_partials(directory: Path) -> list[Path]:
     removed = []
     for p in directory.iterdir():
         parsed = naming.parse_file_name(p.name)
-        if parsed is not None and parsed.partial and p.is_file():
+        if parsed is not None and parsed.partial and p.is_file() and not p.is_symlink():
             p.unlink()
             removed.append(p)
     return removed

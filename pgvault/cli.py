@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import sys
 from dataclasses import replace
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _fail("interrupted (nothing that was unfinished was kept)", 130)
     except BrokenPipeError:
+        if not _stdout_closed():
+            raise
         # The reader went away (`pgvault list | head`): stop quietly, as `ls | head` does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
@@ -128,6 +131,16 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, HydraException | OmegaConfBaseException) or _from_hydra(e):
             _fail(hydra_error_line(e), 2)
         raise
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def _terminated(signum: int, frame: object) -> None:

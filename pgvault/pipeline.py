@@ -348,7 +348,9 @@ def stream_into(
             stdin.close()
         except BrokenPipeError:
             sink.check()  # it stopped reading: its exit status and stderr say why
-            raise
+            raise ClientProgramError(
+                f"{sink.name} stopped reading its input", "see its messages above"
+            ) from None
         sink.check()
 
 
