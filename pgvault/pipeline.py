@@ -27,7 +27,7 @@ from pgvault.connection import mask_secrets
 from pgvault.errors import ClientProgramError
 
 CHUNK = 1 << 20
-_QUEUED_CHUNKS = 8  # at most this many chunks wait for the writer: memory stays flat
+_QUEUED_CHUNKS = 4  # at most this many chunks wait for the writer: memory stays flat
 _PIPE_SIZE = 1 << 20
 
 

@@ -97,6 +97,22 @@ def feature_db(pg_cluster) -> Conn:
     return conn
 
 
+@pytest.fixture(scope="session")
+def big_db(pg_cluster) -> Iterator[Conn]:
+    """~70 MB of COPY data in one table, so a backup, restore or verify of it runs long
+    enough to be interrupted. Read-only for tests."""
+    name = create_database(pg_cluster, "big")
+    conn = pg_cluster.conn(name)
+    run_sql(
+        conn,
+        "CREATE TABLE ledger (id bigserial PRIMARY KEY, note text);"
+        "INSERT INTO ledger (note)"
+        " SELECT repeat(md5(i::text), 2) FROM generate_series(1, 900000) i;",
+    )
+    yield conn
+    drop_database(pg_cluster, name)
+
+
 def pgvault_env(conn: Conn | None = None, **extra: str) -> dict[str, str]:
     """An environment for running the real CLI against conn, with nothing from the
     machine's own PostgreSQL leaking in."""

@@ -56,21 +56,6 @@ def manifest_of(directory: Path, prefix: str | None = None) -> dict:
     return json.loads(paths[-1].read_text())
 
 
-@pytest.fixture(scope="module")
-def big_db(pg_cluster):
-    """~70 MB of COPY data, so a backup runs long enough to be interrupted."""
-    name = create_database(pg_cluster, "big")
-    conn = pg_cluster.conn(name)
-    run_sql(
-        conn,
-        "CREATE TABLE ledger (id bigserial PRIMARY KEY, note text);"
-        "INSERT INTO ledger (note)"
-        " SELECT repeat(md5(i::text), 2) FROM generate_series(1, 900000) i;",
-    )
-    yield conn
-    drop_database(pg_cluster, name)
-
-
 @pytest.fixture
 def small_db(pg_cluster):
     name = create_database(pg_cluster, "small")

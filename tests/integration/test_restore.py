@@ -260,20 +260,9 @@ def empty_target(other_cluster):
 
 
 @pytest.fixture(scope="module")
-def big_set(pg_cluster, feature_set, tmp_path_factory):
+def big_set(big_db, feature_set, tmp_path_factory):
     """A set with ~70 MB of COPY data, so a restore runs long enough to be interrupted."""
-    name = create_database(pg_cluster, "big")
-    conn = pg_cluster.conn(name)
-    try:
-        run_sql(
-            conn,
-            "CREATE TABLE ledger (id bigserial PRIMARY KEY, note text);"
-            "INSERT INTO ledger (note)"
-            " SELECT repeat(md5(i::text), 2) FROM generate_series(1, 900000) i;",
-        )
-        yield backup(conn, tmp_path_factory.mktemp("big-set"), compare=False)
-    finally:
-        drop_database(pg_cluster, name)
+    return backup(big_db, tmp_path_factory.mktemp("big-set"), compare=False)
 
 
 # --- round trips ---------------------------------------------------------------------

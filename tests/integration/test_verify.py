@@ -250,22 +250,11 @@ def test_a_scratch_database_is_used_and_emptied(copy_of_set, other_cluster, tmp_
 
 
 @pytest.fixture(scope="module")
-def big_set(pg_cluster, tmp_path_factory) -> Path:
-    """A set large enough (~60 MB) that a signal arrives while verify restores it."""
-    name = create_database(pg_cluster, "bigverify")
-    conn = pg_cluster.conn(name)
-    run_sql(
-        conn,
-        "CREATE TABLE ledger (id bigserial PRIMARY KEY, note text);"
-        "INSERT INTO ledger (note) SELECT repeat(md5(i::text), 2)"
-        " FROM generate_series(1, 800000) i;",
-    )
+def big_set(big_db, tmp_path_factory) -> Path:
+    """A set large enough (~70 MB) that a signal arrives while verify restores it."""
     directory = tmp_path_factory.mktemp("bigverify") / "backups"
-    try:
-        res = run_pgvault("backup", f"dir={directory}", "quiet=true", env=pgvault_env(conn))
-        assert res.returncode == 0, res.stderr
-    finally:
-        drop_database(pg_cluster, name)
+    res = run_pgvault("backup", f"dir={directory}", "quiet=true", env=pgvault_env(big_db))
+    assert res.returncode == 0, res.stderr
     return directory
 
 

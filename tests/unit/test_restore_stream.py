@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import re
 from pathlib import Path
@@ -84,18 +85,16 @@ def reference(data: bytes, drop: frozenset[bytes]) -> tuple[bytes, str | None]:
     return b"".join(out), open_copy
 
 
+def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    """data cut at the given points (wrapped into range), then the end-of-stream b""."""
+    bounds = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a] + [b""]
+
+
 def run_filter(data: bytes, cuts: list[int]) -> tuple[bytes, str | None]:
     f = DataFilter((SETTING,))
-    out = []
-    pos = 0
-    for cut in sorted({c % (len(data) + 1) for c in cuts}):
-        if cut > pos:
-            out.append(f(data[pos:cut]))
-            pos = cut
-    if pos < len(data):
-        out.append(f(data[pos:]))
-    out.append(f(b""))
-    return b"".join(out), f.open_copy
+    out = b"".join(f(piece) for piece in pieces(data, cuts))
+    return out, f.open_copy
 
 
 @given(stream, st.lists(st.integers(0, 10**6), max_size=30))
@@ -124,12 +123,8 @@ def reference_rows(data: bytes) -> dict[str, int]:
 @given(stream, st.lists(st.integers(0, 10**6), max_size=30))
 def test_data_filter_counts_each_tables_rows_in_any_chunking(data, cuts):
     f = DataFilter()
-    pos = 0
-    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
-        if cut > pos:
-            f(data[pos:cut])
-            pos = cut
-    f(b"")
+    for piece in pieces(data, cuts):
+        f(piece)
     assert f.rows == reference_rows(data)
 
 
@@ -174,15 +169,7 @@ def test_a_copy_header_on_the_last_line_is_an_open_copy():
 def test_drop_lines_drops_whole_lines_in_any_chunking(lines, final_newline, cuts):
     data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
     transform = drop_lines((SETTING,))
-    out = []
-    pos = 0
-    for cut in sorted({c % (len(data) + 1) for c in cuts}):
-        if cut > pos:
-            out.append(transform(data[pos:cut]))
-            pos = cut
-    if pos < len(data):
-        out.append(transform(data[pos:]))
-    out.append(transform(b""))
+    out = [transform(piece) for piece in pieces(data, cuts)]
     kept = [ln for ln in data.split(b"\n")]
     if kept and kept[-1] == b"":
         kept.pop()
