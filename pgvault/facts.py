@@ -32,6 +32,16 @@ _SQL = {
 
 Cursor = psycopg.Cursor[tuple[Any, ...]]
 
+OUTPUT_SETTINGS = ("TimeZone", "bytea_output")
+
+
+def pgoptions(settings: dict[str, str], base: str = "") -> str:
+    """PGOPTIONS that give a libpq session these settings (after base, the user's own)."""
+    options = [base] if base else []
+    for name, value in settings.items():
+        options.append(f"-c {name}=" + value.replace("\\", "\\\\").replace(" ", "\\ "))
+    return " ".join(options)
+
 
 def read_facts(pg: psycopg.Connection[tuple[Any, ...]]) -> dict[str, Any]:
     """Given a connection (inside the backup's snapshot, or to a restored database),
@@ -45,6 +55,14 @@ def read_facts(pg: psycopg.Connection[tuple[Any, ...]]) -> dict[str, Any]:
         cur.execute(_SQL[key])
         facts[key] = [str(r[0]) for r in cur.fetchall()]
     facts["matviews"] = _populated_matviews(cur)
+    # Settings that shape COPY's text and that pg_dump leaves as the session has them
+    # (it pins DateStyle, IntervalStyle and extra_float_digits itself): a re-dump for
+    # verify must use the same, or a timestamptz reads differently in another time zone.
+    cur.execute(
+        "SELECT name, setting FROM pg_catalog.pg_settings WHERE name = ANY(%s) ORDER BY 1",
+        (list(OUTPUT_SETTINGS),),
+    )
+    facts["output_settings"] = {str(k): str(v) for k, v in cur.fetchall()}
     cur.execute("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")
     row = cur.fetchone()
     facts["large_objects"] = int(row[0]) if row else 0

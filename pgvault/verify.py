@@ -24,7 +24,7 @@ from pgvault.config import PgvaultConfig
 from pgvault.connection import Conn, conn_from_url, connect
 from pgvault.dumpstream import CopyStats
 from pgvault.errors import NotFound, PgvaultError, VerifyMismatch
-from pgvault.facts import read_facts
+from pgvault.facts import pgoptions, read_facts
 from pgvault.ui import Reporter
 
 VERIFIED, FAILED = "verified", "failed"
@@ -168,7 +168,11 @@ def _restore_and_compare(
     pg_dump = str(Path(psql).with_name("pg_dump"))
     # Large objects are counted in the facts; their bytes need not pass through here.
     argv = [pg_dump, "--data-only", "-B", "--no-password", f"--dbname={conn.conninfo}"]
-    pipeline.observe(argv, conn.env(), [stats])
+    env = conn.env()
+    settings = bset.manifest.get("output_settings", {})
+    if settings:
+        env["PGOPTIONS"] = pgoptions(settings, env.get("PGOPTIONS", ""))
+    pipeline.observe(argv, env, [stats])
     result.tables = compare_tables(expected, stats.result())
     with connect(conn, autocommit=True) as pg:
         result.problems += compare_facts(bset.manifest, read_facts(pg))

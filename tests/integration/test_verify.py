@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pgvault.connection import connect
+from pgvault.facts import pgoptions
 from tests.conftest import create_database, drop_database, pgvault_env, run_pgvault, run_sql
 
 EXIT_MISMATCH = 3
@@ -293,3 +294,43 @@ def _has_child(pid: int, program: bytes) -> bool:
         except OSError:
             continue
     return False
+
+
+def test_a_database_with_its_own_time_zone_and_bytea_output_verifies(pg_cluster, tmp_path, tmp):
+    """COPY writes timestamptz in the session's time zone and bytea per bytea_output; the
+    throwaway cluster has neither of the source database's settings."""
+    name = create_database(pg_cluster, "zoned")
+    conn = pg_cluster.conn(name)
+    try:
+        run_sql(
+            conn,
+            f"ALTER DATABASE {name} SET timezone = 'America/New_York';"
+            f"ALTER DATABASE {name} SET bytea_output = 'escape';",
+        )
+        run_sql(
+            conn,
+            "CREATE TABLE events (at timestamptz, payload bytea);"
+            "INSERT INTO events VALUES ('2025-06-01 12:00+00', '\\x00ff'),"
+            " ('2025-12-01 12:00+00', NULL);",
+        )
+        directory = tmp_path / "backups"
+        res = run_pgvault("backup", f"dir={directory}", "quiet=true", env=pgvault_env(conn))
+        assert res.returncode == 0, res.stderr
+        assert "08:00:00-04" in next(directory.glob("*-data.sql")).read_text()
+        res = verify(directory, tmp=tmp)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "✓ public.events: 2 rows" in res.stdout
+    finally:
+        drop_database(pg_cluster, name)
+
+
+def test_pgoptions_reach_the_server_as_given(pg_cluster):
+    odd = {"pgvault.probe": "a b\\c d", "TimeZone": "America/New_York"}
+    env = {**pgvault_env(pg_cluster.conn()), "PGOPTIONS": pgoptions(odd, "-c work_mem=5MB")}
+    psql = str(Path(pg_cluster.programs.path("psql")))
+    shown = subprocess.run(
+        [psql, "-X", "-At", "-c", "SHOW pgvault.probe", "-c", "SHOW TimeZone",
+         "-c", "SHOW work_mem"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    assert shown[:3] == ["a b\\c d", "America/New_York", "5MB"]
