@@ -63,6 +63,12 @@ def read_facts(pg: psycopg.Connection[tuple[Any, ...]]) -> dict[str, Any]:
         (list(OUTPUT_SETTINGS),),
     )
     facts["output_settings"] = {str(k): str(v) for k, v in cur.fetchall()}
+    cur.execute(
+        "SELECT pg_catalog.pg_encoding_to_char(encoding) FROM pg_catalog.pg_database"
+        " WHERE datname = pg_catalog.current_database()"
+    )
+    row = cur.fetchone()
+    facts["encoding"] = str(row[0]) if row else "UTF8"
     cur.execute("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata")
     row = cur.fetchone()
     facts["large_objects"] = int(row[0]) if row else 0

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
 from pgvault import catalog, clients, load, naming, pipeline, restore
 from pgvault.cluster import server_programs, throwaway
 from pgvault.config import PgvaultConfig
@@ -104,6 +106,18 @@ def compare_facts(manifest: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     return problems
 
 
+def create_database_sql(name: str, encoding: str) -> sql.Composed:
+    """CREATE DATABASE in the source's encoding: pg_dump writes COPY in the database's
+    encoding, so a re-dump of a UTF8 copy of a LATIN1 database would read differently.
+    The C locale goes with every encoding."""
+    stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if encoding.upper() in ("UTF8", "UTF-8"):
+        return stmt
+    return sql.SQL("{} TEMPLATE template0 ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C'").format(
+        stmt, sql.Literal(encoding)
+    )
+
+
 @contextlib.contextmanager
 def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[tuple[Conn, int, str]]:
     """Yield (connection, server major, psql) of an empty database to restore into: a
@@ -118,7 +132,7 @@ def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[tuple[Conn, in
         with throwaway(programs) as cluster:
             db = str(bset.manifest.get("database") or "verify")
             with connect(cluster.conn(), autocommit=True) as pg:
-                pg.execute(f'CREATE DATABASE "{db.replace(chr(34), chr(34) * 2)}"')
+                pg.execute(create_database_sql(db, str(bset.manifest.get("encoding", "UTF8"))))
             yield cluster.conn(db), programs.major, psql
         return
     conn = conn_from_url(cfg.verify.target, what="verify.target")

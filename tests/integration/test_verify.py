@@ -334,3 +334,25 @@ def test_pgoptions_reach_the_server_as_given(pg_cluster):
         env=env, capture_output=True, text=True, check=True,
     ).stdout.split("\n")  # fmt: skip
     assert shown[:3] == ["a b\\c d", "America/New_York", "5MB"]
+
+
+def test_a_latin1_database_verifies(pg_cluster, tmp_path, tmp):
+    """pg_dump writes COPY in the database's encoding: verify restores into the same."""
+    name = f"latin1_{os.getpid()}"
+    with connect(pg_cluster.conn(), autocommit=True) as pg:
+        pg.execute(
+            f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'LATIN1'"
+            " LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    conn = pg_cluster.conn(name)
+    try:
+        run_sql(conn, "CREATE TABLE words (w text); INSERT INTO words VALUES ('ñandú'), ('Ågot');")
+        directory = tmp_path / "backups"
+        res = run_pgvault("backup", f"dir={directory}", "quiet=true", env=pgvault_env(conn))
+        assert res.returncode == 0, res.stderr
+        assert "ñandú".encode("latin-1") in next(directory.glob("*-data.sql")).read_bytes()
+        res = verify(directory, tmp=tmp)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "✓ public.words: 2 rows" in res.stdout
+    finally:
+        drop_database(pg_cluster, name)
