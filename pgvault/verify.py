@@ -25,7 +25,7 @@ from pgvault.cluster import server_programs, throwaway
 from pgvault.config import PgvaultConfig
 from pgvault.connection import Conn, conn_from_url, connect
 from pgvault.dumpstream import CopyStats
-from pgvault.errors import NotFound, PgvaultError, VerifyMismatch
+from pgvault.errors import ConfigError, NotFound, PgvaultError, VerifyMismatch
 from pgvault.facts import pgoptions, read_facts
 from pgvault.ui import Reporter
 
@@ -118,6 +118,32 @@ def create_database_sql(name: str, encoding: str) -> sql.Composed:
     )
 
 
+SCRATCH_DB = "pgvault_verify"
+
+# What makes a scratch database not empty: verify would wipe it.
+_USER_OBJECTS = """SELECT
+    (SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname NOT IN
+        ('pg_catalog', 'information_schema', 'pg_toast', 'public')
+        AND nspname !~ '^pg_(toast_)?temp_')
+  + (SELECT count(*) FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public')
+  + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)
+  + (SELECT count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')"""
+
+# Failures of the restore that say nothing about the set: verify could not run.
+_NOT_THE_SETS_FAULT = (
+    ("extension control file", "install that extension on this machine, or use "
+     "verify.target=URL of a scratch database on a server that has it"),
+    ('" is not available', "install that extension on this machine, or use "
+     "verify.target=URL of a scratch database on a server that has it"),
+    ("No space left on device", "free space in $TMPDIR or point TMPDIR elsewhere"),
+    ("could not connect", "check the scratch server"),
+    ("server closed the connection", "check the scratch server's log"),
+    ("terminating connection", "check the scratch server's log"),
+    ("cannot read", "check that the set's files are still there"),
+)  # fmt: skip
+
+
 @contextlib.contextmanager
 def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[tuple[Conn, int, str]]:
     """Yield (connection, server major, psql) of an empty database to restore into: a
@@ -127,17 +153,26 @@ def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[tuple[Conn, in
     if cfg.verify.target == "ephemeral":
         programs = server_programs(major, cfg.clients.bindir)
         psql = load.psql_for(
-            programs.major, bset.dump_major, "a throwaway cluster", None, bset.dump_version
-        )
+            programs.major, bset.dump_major, "a throwaway cluster", cfg.clients.bindir,
+            bset.dump_version,
+        )  # fmt: skip
         with throwaway(programs) as cluster:
-            db = str(bset.manifest.get("database") or "verify")
+            # Not the source's name: the cluster has a `postgres` database already.
+            encoding = str(bset.manifest.get("encoding", "UTF8"))
             with connect(cluster.conn(), autocommit=True) as pg:
-                pg.execute(create_database_sql(db, str(bset.manifest.get("encoding", "UTF8"))))
-            yield cluster.conn(db), programs.major, psql
+                pg.execute(create_database_sql(SCRATCH_DB, encoding))
+            yield cluster.conn(SCRATCH_DB), programs.major, psql
         return
     conn = conn_from_url(cfg.verify.target, what="verify.target")
     with connect(conn, autocommit=True) as pg:
         server_major = pg.info.server_version // 10000
+        row = pg.execute(_USER_OBJECTS).fetchone()
+    if row and row[0]:
+        raise ConfigError(
+            f"verify.target {conn.dbname} at {conn.where} is not empty ({row[0]} objects); "
+            "verify replaces everything in it",
+            "point verify.target at an empty scratch database",
+        )
     psql = load.psql_for(
         server_major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version
     )
@@ -173,6 +208,11 @@ def _restore_and_compare(
     try:
         load.load_set(bset, conn, psql, major)
     except PgvaultError as e:
+        for marker, hint in _NOT_THE_SETS_FAULT:
+            if marker in e.what:
+                raise PgvaultError(
+                    f"verify of {bset.prefix} could not run: {e.what}", hint
+                ) from None
         result.problems.append(e.what)
         # Name the tables all the same, from what the data file holds.
         result.restored = False
@@ -204,13 +244,18 @@ def file_tables(bset: load.LoadedSet) -> dict[str, dict[str, Any]]:
     return stats.result()
 
 
-def write_record(directory: Path, result: VerifyResult) -> None:
-    """Record the verdict beside the set, unless the set went away meanwhile."""
+def write_record(ui: Reporter, directory: Path, result: VerifyResult) -> None:
+    """Record the verdict beside the set, unless the set went away meanwhile. A record
+    that cannot be written is a warning: the verdict itself stands."""
     manifest = directory / naming.file_name(result.prefix, "manifest")
-    with catalog.locked(directory, timeout=60, what="verify"):
-        if manifest.exists():
-            path = directory / naming.file_name(result.prefix, "verify")
-            catalog.write_json_atomic(path, result.record())
+    try:
+        with catalog.locked(directory, timeout=60, what="verify"):
+            if manifest.exists():
+                path = directory / naming.file_name(result.prefix, "verify")
+                catalog.write_json_atomic(path, result.record())
+    except (OSError, PgvaultError) as e:
+        why = e.line() if isinstance(e, PgvaultError) else str(e.strerror)
+        ui.warn(f"the verdict on {result.prefix} was not recorded: {why}")
 
 
 def report(ui: Reporter, result: VerifyResult) -> None:
@@ -266,8 +311,8 @@ def run_verify(cfg: PgvaultConfig, ui: Reporter) -> list[VerifyResult]:
     results = []
     for bset in sets_to_verify(cfg, directory):
         result = verify_set(cfg, bset)
-        write_record(bset.directory, result)
         report(ui, result)
+        write_record(ui, bset.directory, result)
         results.append(result)
     failed = [r.prefix for r in results if not r.ok]
     if failed:

@@ -356,3 +356,48 @@ def test_a_latin1_database_verifies(pg_cluster, tmp_path, tmp):
         assert "✓ public.words: 2 rows" in res.stdout
     finally:
         drop_database(pg_cluster, name)
+
+
+def test_a_backup_of_a_database_named_postgres_verifies(pg_cluster, tmp_path, tmp):
+    """Supabase's database is `postgres`, which every throwaway cluster has too."""
+    conn = pg_cluster.conn("postgres")
+    directory = tmp_path / "backups"
+    res = run_pgvault("backup", f"dir={directory}", "quiet=true", env=pgvault_env(conn))
+    assert res.returncode == 0, res.stderr
+    res = verify(directory, tmp=tmp)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert verify_record(directory)["verdict"] == "verified"
+
+
+def test_a_missing_extension_is_could_not_run_not_a_bad_set(copy_of_set, tmp):
+    schema = set_file(copy_of_set, "schema")
+    (mpath,) = copy_of_set.glob("*-manifest.json")
+    m = json.loads(mpath.read_text())
+    line = b"CREATE EXTENSION pgvault_no_such_extension;\n"
+    schema.write_bytes(line + schema.read_bytes())
+    m["schema_post_data_offset"] += len(line)
+    mpath.write_text(json.dumps(m))
+    rewrite_manifest_checksums(copy_of_set)
+    res = verify(copy_of_set, tmp=tmp)
+    assert res.returncode not in (0, EXIT_MISMATCH), res.stdout + res.stderr
+    (err,) = res.stderr.strip().splitlines()
+    assert "could not run" in err and "pgvault_no_such_extension" in err
+    assert "install that extension" in err
+    assert not list(copy_of_set.glob("*-verify.json"))  # no verdict on the set
+    assert_cleaned_up(tmp)
+
+
+def test_a_scratch_database_that_is_not_empty_is_refused(copy_of_set, other_cluster, tmp):
+    name = create_database(other_cluster, "notempty")
+    try:
+        run_sql(
+            other_cluster.conn(name),
+            "CREATE TABLE precious (x int); INSERT INTO precious VALUES (1)",
+        )
+        res = verify(copy_of_set, f"verify.target={other_cluster.url(name)}", tmp=tmp)
+        (err,) = res.stderr.strip().splitlines()
+        assert res.returncode not in (0, EXIT_MISMATCH) and "is not empty" in err
+        with connect(other_cluster.conn(name), autocommit=True) as pg:
+            assert pg.execute("SELECT x FROM precious").fetchall() == [(1,)]
+    finally:
+        drop_database(other_cluster, name)
