@@ -247,6 +247,8 @@ def _dump(
         with contextlib.suppress(psycopg.Error):
             pg.rollback()
     snap = {"id": snapshot, "time": cast(datetime, row[1]).isoformat()}
+    # What the data file will set, not what the snapshot saw: sequences move on outside it.
+    facts["sequences"] = dict(sorted(copy_stats.sequences.items()))
     return snap, facts, stats, copy_stats.result()
 
 

@@ -54,11 +54,23 @@ class TableStats:
         return str(self.hasher.hexdigest())
 
 
+# pg_dump's line for a sequence: its value, and whether nextval() was called since.
+_SETVAL = re.compile(
+    rb"^SELECT pg_catalog\.setval\('((?:[^']|'')*)', (-?\d+), (true|false)\);$", re.MULTILINE
+)
+
+
 class CopyStats:
-    """Observer of a data stream: rows and a sha256 of the COPY rows, per table."""
+    """Observer of a data stream: rows and a sha256 of the COPY rows, per table, and the
+    value pg_dump gave each sequence (None when never called, as pg_sequences shows it).
+
+    Sequences are read from the stream because they are not transactional: pg_dump
+    reads them after the snapshot was taken, while other sessions may still call
+    nextval(), so only its own lines say what a restore will set."""
 
     def __init__(self) -> None:
         self.tables: dict[str, TableStats] = {}
+        self.sequences: dict[str, int | None] = {}
         self._carry = b""
         self._current: TableStats | None = None
 
@@ -91,6 +103,9 @@ class CopyStats:
                 idx = block.find(b"COPY ", pos, end)
                 while idx > pos and block[idx - 1] != 0x0A:
                     idx = block.find(b"COPY ", idx + 1, end)
+                for m in _SETVAL.finditer(block, pos, end if idx < 0 else idx):
+                    name = m[1].replace(b"''", b"'").decode("utf-8", "replace")
+                    self.sequences[name] = int(m[2]) if m[3] == b"true" else None
                 if idx < 0:
                     return
                 eol = block.index(b"\n", idx)

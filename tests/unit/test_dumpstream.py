@@ -79,3 +79,31 @@ def test_roles_rewrite_tolerates_existing_roles_in_any_chunking(cuts):
     assert 'CREATE ROLE "odd ""role"""; EXCEPTION' in out.decode()
     assert "ALTER ROLE postgres WITH SUPERUSER LOGIN;" in lines
     assert "-- CREATE ROLE not_a_statement;" in lines
+
+
+# Sequence names as pg_dump quotes them, single quotes doubled inside the literal.
+seq_names = st.sampled_from(["public.t_id_seq", '"Odd S"."q\'s"', 'crm."A""b"'])
+setvals = st.lists(
+    st.tuples(seq_names, st.integers(-(2**63), 2**63 - 1), st.booleans()), max_size=6
+)
+
+
+@given(
+    setvals, st.lists(table, max_size=2, unique_by=lambda t: t[0]), st.lists(st.integers(0, 10**6))
+)
+def test_sequences_come_from_setval_lines_outside_copy(calls, tables, cuts):
+    lines = [
+        f"SELECT pg_catalog.setval('{name.replace(chr(39), chr(39) * 2)}', {value}, "
+        f"{'true' if called else 'false'});\n"
+        for name, value, called in calls
+    ]
+    decoy = "SELECT pg_catalog.setval('in_copy', 1, true);\n"
+    body = "".join(
+        f"COPY {name} (a) FROM stdin;\n" + "".join(rows) + decoy + "\\.\n" for name, rows in tables
+    )
+    data = (body + "".join(lines)).encode()
+    stats = feed_in_pieces(data, cuts)
+    expected: dict[str, int | None] = {}
+    for name, value, called in calls:
+        expected[name] = value if called else None
+    assert stats.sequences == expected
