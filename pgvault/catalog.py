@@ -39,9 +39,15 @@ def backup_dir(value: str | None, *, create: bool) -> Path:
         raise ConfigError(
             f"dir must be an absolute path, got '{value}'", f"use dir={Path(value).absolute()}"
         )
-    if path.exists() and not path.is_dir():
+    try:
+        exists = path.exists()
+    except OSError as e:  # EACCES on a parent: Path.exists() raises it
+        raise ConfigError(
+            f"cannot look into {path}: {e.strerror}", "fix the permissions or pick another dir"
+        ) from None
+    if exists and not path.is_dir():
         raise ConfigError(f"{path} is not a directory", "point dir at a directory")
-    if create and not path.exists():
+    if create and not exists:
         try:
             path.mkdir(mode=0o700, parents=True)
         except OSError as e:
@@ -192,7 +198,13 @@ def locked(directory: Path, *, timeout: float = 0.0, what: str = "backup") -> It
         yield
         return
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise PgvaultError(
+            f"cannot lock {directory}: {e.strerror}",
+            f"a {what} needs write access to the backup directory",
+        ) from None
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -13,6 +13,7 @@ import re
 import select
 import signal
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -111,7 +112,14 @@ def main(argv: list[str] | None = None) -> None:
             show_config(config_dir, [*extra, *rest, f"command={command}"])
             return
         os.environ["HYDRA_FULL_ERROR"] = "1"
-        _run_hydra(config_dir, [*extra, *rest, f"command={command}"])
+        if any(a in ("-m", "--multirun") for a in rest):
+            # Hydra saves the composed config, passwords and all, as multirun.yaml in the
+            # sweep dir: make it private to this run and remove it afterwards.
+            with tempfile.TemporaryDirectory(prefix="pgvault-multirun-") as sweep:
+                _run_hydra(config_dir, [*extra, *rest, f"command={command}",
+                                        f"hydra.sweep.dir={sweep}"])  # fmt: skip
+        else:
+            _run_hydra(config_dir, [*extra, *rest, f"command={command}"])
     except PgvaultError as e:
         _fail(e.line(), e.exit_code)
     except KeyboardInterrupt:

@@ -88,6 +88,11 @@ def conn_from_url(url: str, what: str = "database URL") -> Conn:
             f"{what} is not a valid connection string: {mask_secrets(str(e))}",
             "use postgresql://user@host:port/dbname",
         ) from None
+    if params.get("sslpassword"):
+        raise ConfigError(
+            f"{what} carries an sslpassword, which would show in `ps` as a program argument",
+            "leave it out of the URL and put it in a service file (PGSERVICEFILE)",
+        )
     password = params.pop("password", None)
     rest = {k: str(v) for k, v in params.items() if v is not None}
     return Conn(make_conninfo(**rest), None if password is None else str(password))

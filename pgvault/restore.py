@@ -8,7 +8,6 @@ pre-data, data (triggers off), post-data, COMMIT.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pgvault import catalog, naming
+from pgvault import catalog, clients, naming
 from pgvault.config import Confirm, PgvaultConfig, TargetConfig
 from pgvault.connection import Conn, conn_for_target, conn_from_url, connect
 from pgvault.errors import (
@@ -204,6 +203,7 @@ def run_restore(
         )
     for problem in problems:
         ui.warn(f"{problem}; restoring anyway (force=true)")
+    clients.decompressor(bset.compression)  # a missing zstd/gzip fails here, not mid-way
     conn = restore_conn(cfg)
     server_major, server_version, exists = _server(conn, cfg.restore.create_database)
     psql = psql_for(
@@ -214,8 +214,8 @@ def run_restore(
         # Not a success: a script that goes on after `pgvault restore` must not think so.
         raise Refused("Restore cancelled.", "nothing was changed")
     started = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        _lock(stack, directory, cfg.lock_timeout)
+    # No prune or backup meanwhile (the safety backup takes the lock again: re-entrant).
+    with catalog.locked(directory, timeout=cfg.lock_timeout, what="restore"):
         if exists and cfg.restore.safety_backup:
             _safety_backup(cfg, ui, conn, directory)
         if not exists:
@@ -236,17 +236,6 @@ def run_restore(
         f"Restore completed successfully! {conn.dbname} at {conn.where} now holds {prefix} "
         f"(PostgreSQL {server_version}, {time.monotonic() - started:.1f} s)"
     )
-
-
-def _lock(stack: contextlib.ExitStack, directory: Path, timeout: float) -> None:
-    """Hold the directory's lock (no prune or backup meanwhile) until stack closes."""
-    try:
-        stack.enter_context(catalog.locked(directory, timeout=timeout, what="restore"))
-    except OSError as e:
-        raise PgvaultError(
-            f"cannot lock {directory}: {e.strerror}",
-            "a restore needs write access to the backup directory; copy the set to one",
-        ) from None
 
 
 def _create_database(conn: Conn) -> None:

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import create_database, drop_database, pgvault_env, run_pgvault, run_sql
+from tests.conftest import (
+    PASSWORD,
+    PASSWORD_USER,
+    create_database,
+    drop_database,
+    pgvault_env,
+    run_pgvault,
+    run_sql,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +48,7 @@ def test_help_lists_the_commands(tmp_path):
         (("backup", "target=nope"), "Could not find 'target/nope'"),
         (("backup", "retention.days=many"), "retention.days"),
         (("backup", "dir=relative"), "dir must be an absolute path"),
+        (("backup", "dir=/x", "target.url='postgresql://u@h/d?sslpassword=k'"), "sslpassword"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):
@@ -107,12 +116,14 @@ def test_multirun_runs_every_job_and_litters_nothing(pg_cluster, tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     try:
+        url = f"postgresql://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{pg_cluster.port}/{name}"
         res = run_pgvault(
             "backup",
             "--multirun",
             f"dir={tmp_path}/a,{tmp_path}/b",
+            f"target.url={url}",
             "quiet=true",
-            env=pgvault_env(conn, TMPDIR=str(tmp_path)),
+            env=pgvault_env(TMPDIR=str(tmp_path)),
             cwd=cwd,
         )
     finally:
@@ -121,6 +132,10 @@ def test_multirun_runs_every_job_and_litters_nothing(pg_cluster, tmp_path):
     assert len(list((tmp_path / "a").glob("*-manifest.json"))) == 1
     assert len(list((tmp_path / "b").glob("*-manifest.json"))) == 1
     assert list(cwd.iterdir()) == []
+    # Hydra's multirun.yaml (the whole config, password included) is gone with its dir.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "cwd"]
+    for p in tmp_path.rglob("*"):
+        assert not p.is_file() or PASSWORD.encode() not in p.read_bytes(), p
 
 
 def test_a_non_editable_install_finds_its_configs(tmp_path):
