@@ -223,8 +223,10 @@ class _Sink:
             self.comp.check()
 
     def abort(self) -> None:
-        """Stop the writer thread without finishing the file (the stages are killed)."""
+        """Stop the writer thread without finishing the file."""
         self.stopping = True
+        if self.comp is not None:
+            self.comp.kill()  # its output ends, so the pump thread ends too
         self.thread.join(timeout=30)
 
 
