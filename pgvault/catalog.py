@@ -75,6 +75,9 @@ class BackupSet:
     partial: list[Path] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
     manifest_error: str | None = None
+    # Another data file than the manifest names (say, a `gunzip -k` copy): the user's,
+    # so never part of the set and never deleted with it.
+    extras: list[Path] = field(default_factory=list)
 
     @property
     def time(self) -> datetime | None:
@@ -127,6 +130,7 @@ def scan(directory: Path) -> list[BackupSet]:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return []
+    data_files: dict[str, list[Path]] = {}
     for entry in entries:
         parsed = naming.parse_file_name(entry.name)
         if parsed is None or not entry.is_file(follow_symlinks=False):
@@ -134,8 +138,8 @@ def scan(directory: Path) -> list[BackupSet]:
         bset = sets.setdefault(parsed.prefix, BackupSet(parsed.prefix))
         if parsed.partial:
             bset.partial.append(Path(entry.path))
-        elif parsed.kind == "data" and "data" in bset.files:
-            bset.partial.append(Path(entry.path))  # two data files: treat the extra as stray
+        elif parsed.kind == "data":
+            data_files.setdefault(parsed.prefix, []).append(Path(entry.path))
         else:
             bset.files[parsed.kind] = Path(entry.path)
     for bset in sets.values():
@@ -144,17 +148,60 @@ def scan(directory: Path) -> list[BackupSet]:
                 bset.manifest = read_manifest(bset.files["manifest"])
             except IntegrityError as e:
                 bset.manifest_error = e.what
+        _place_data_files(bset, sorted(data_files.get(bset.prefix, [])))
     return [sets[p] for p in naming.sort_newest_first(list(sets))]
 
 
+def _place_data_files(bset: BackupSet, paths: list[Path]) -> None:
+    """The data file is the one the manifest names (or, without a manifest, the only
+    one); any other is an extra."""
+    if bset.manifest is not None:
+        named = bset.manifest["files"]["data"]["name"]
+        chosen = next((p for p in paths if p.name == named), None)
+    else:
+        chosen = paths[0] if len(paths) == 1 else None
+    if chosen is not None:
+        bset.files["data"] = chosen
+    bset.extras = [p for p in paths if p is not chosen]
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
+    """Read a set's manifest; IntegrityError unless it is one pgvault could have written
+    for this set (so nothing downstream trips over a missing or odd field)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise IntegrityError(f"manifest {path.name} is unreadable: {e}", "") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise IntegrityError(f"manifest {path.name} is not a pgvault manifest", "")
+    problem = _manifest_problem(path.name.removesuffix("-manifest.json"), data)
+    if problem:
+        raise IntegrityError(f"manifest {path.name} is not valid: {problem}", "")
     return data
+
+
+def _manifest_problem(prefix: str, m: dict[str, Any]) -> str | None:
+    compression = m.get("compression")
+    if compression not in naming.COMPRESSION_SUFFIX:
+        return f"unknown compression {compression!r}"
+    if m.get("prefix") != prefix:
+        return f"it belongs to {m.get('prefix')!r}"
+    files = m.get("files")
+    if not isinstance(files, dict):
+        return "no files"
+    for kind in naming.SQL_KINDS:
+        entry = files.get(kind)
+        want = naming.file_name(prefix, kind, compression)
+        if not isinstance(entry, dict) or entry.get("name") != want:
+            return f"no entry for {want}"
+        if not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
+            return f"no size or sha256 for {want}"
+    offset = m.get("schema_post_data_offset")
+    if not isinstance(offset, int) or not 0 <= offset <= files["schema"]["size"]:
+        return "no valid schema_post_data_offset"
+    if not isinstance(m.get("tables", {}), dict):
+        return "tables is not an object"
+    return None
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

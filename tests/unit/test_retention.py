@@ -374,7 +374,13 @@ def write_set(directory: Path, when: datetime, payload: bytes = b"x" * 10) -> ca
         path.write_bytes(payload)
         files[kind] = {"name": path.name, "size": len(payload)}
         files[kind]["sha256"] = hashlib.sha256(payload).hexdigest()
-    manifest = {"format": 1, "prefix": prefix, "compression": "none", "files": files}
+    manifest = {
+        "format": 1,
+        "prefix": prefix,
+        "compression": "none",
+        "files": files,
+        "schema_post_data_offset": 0,
+    }
     (directory / naming.file_name(prefix, "manifest")).write_text(json.dumps(manifest))
     (directory / naming.file_name(prefix, "verify")).write_text('{"verdict": "verified"}')
     (bset,) = [s for s in catalog.scan(directory) if s.prefix == prefix]
@@ -473,3 +479,35 @@ def test_a_policy_is_refused_only_when_every_rule_is_off(counts):
 def test_negative_counts_are_refused(rule, value):
     with pytest.raises(PgvaultError, match=f"retention.{rule} is {value}"):
         retention.check_policy(dataclasses.replace(RetentionConfig(days=7), **{rule: value}))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"compression": "lz4"}, "unknown compression 'lz4'"),
+        ({"compression": None}, "unknown compression None"),
+        ({"prefix": "backup-1999-01-01-000000"}, "belongs to"),
+        ({"schema_post_data_offset": "x"}, "schema_post_data_offset"),
+        ({"files": {}}, "no entry for"),
+    ],
+)
+def test_an_odd_manifest_makes_a_damaged_set_that_is_kept(tmp_path, change, why):
+    bset = write_set(tmp_path, BASE)
+    mpath = bset.files["manifest"]
+    manifest = json.loads(mpath.read_text())
+    mpath.write_text(json.dumps({**manifest, **change}))
+    (scanned,) = catalog.scan(tmp_path)
+    assert scanned.manifest is None and why in (scanned.manifest_error or "")
+    result = retention.prune(tmp_path, RetentionConfig(keep_last=1), now=BASE + timedelta(days=400))
+    assert [d.keep for d in result.decisions] == [True] and result.deleted_sets == []
+
+
+def test_a_second_data_file_is_the_users_and_survives_the_set(tmp_path):
+    bset = write_set(tmp_path, BASE)
+    extra = tmp_path / naming.file_name(bset.prefix, "data", "gzip")
+    extra.write_bytes(b"a copy the user made")
+    (scanned,) = catalog.scan(tmp_path)
+    assert scanned.complete and scanned.files["data"].name.endswith("-data.sql")
+    assert scanned.extras == [extra]
+    retention.delete_set(scanned)
+    assert [p.name for p in tmp_path.iterdir()] == [extra.name]
