@@ -208,6 +208,12 @@ def _dump(
         assert row is not None
         snapshot = str(row[0])
         facts = read_facts(pg)
+        facts["role_passwords"] = _may_read_passwords(pg)
+        if not facts["role_passwords"] and not ui.quiet:
+            ui.warn(
+                f"{conn.user} is not a superuser: the roles file leaves out role passwords "
+                "(back up as a superuser to keep them)"
+            )
         env = conn.env()
         pg_dump, info = programs.path("pg_dump"), conn.conninfo
         copy_stats = CopyStats()
@@ -216,7 +222,12 @@ def _dump(
             futures: dict[str, Future[pipeline.FileStats]] = {
                 "roles": pool.submit(
                     pipeline.stream_to_file,
-                    [[programs.path("pg_dumpall"), *clients.pg_dumpall_roles_args(info)]],
+                    [
+                        [
+                            programs.path("pg_dumpall"),
+                            *clients.pg_dumpall_roles_args(info, passwords=facts["role_passwords"]),
+                        ]
+                    ],
                     env,
                     partial["roles"],
                     transform=RolesRewriter(),
@@ -250,6 +261,13 @@ def _dump(
     # What the data file will set, not what the snapshot saw: sequences move on outside it.
     facts["sequences"] = dict(sorted(copy_stats.sequences.items()))
     return snap, facts, stats, copy_stats.result()
+
+
+def _may_read_passwords(pg: psycopg.Connection[tuple[Any, ...]]) -> bool:
+    """Whether this session may read pg_authid, where pg_dumpall finds role passwords."""
+    row = pg.execute("SELECT pg_catalog.has_table_privilege('pg_catalog.pg_authid', 'SELECT')")
+    result = row.fetchone()
+    return bool(result and result[0])
 
 
 def _write_error(e: OSError, directory: Path) -> PgvaultError:

@@ -138,8 +138,11 @@ def find_programs(
 # --- argv builders -----------------------------------------------------------------------
 
 
-def pg_dumpall_roles_args(conninfo: str) -> list[str]:
-    return ["--roles-only", "--no-password", f"--dbname={conninfo}"]
+def pg_dumpall_roles_args(conninfo: str, *, passwords: bool = True) -> list[str]:
+    """passwords=False for a role that may not read pg_authid (not a superuser, as
+    Supabase's `postgres`): pg_dumpall then reads pg_roles and leaves passwords out."""
+    extra = [] if passwords else ["--no-role-passwords"]
+    return ["--roles-only", *extra, "--no-password", f"--dbname={conninfo}"]
 
 
 def pg_dump_schema_args(conninfo: str, snapshot: str, section: str) -> list[str]:

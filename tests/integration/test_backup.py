@@ -437,3 +437,21 @@ def test_a_terminal_sees_a_progress_line(big_db, backup_dir):
     assert proc.returncode == 0
     assert b"data: " in seen and b"MB/s" in seen
     assert "Backup completed successfully" in out
+
+
+def test_a_role_that_is_not_a_superuser_backs_up_without_role_passwords(small_db, backup_dir):
+    """Supabase's `postgres` is no superuser: pg_dumpall may not read pg_authid."""
+    run_sql(
+        small_db,
+        "DO $$BEGIN CREATE ROLE plain_backup LOGIN;"
+        " EXCEPTION WHEN duplicate_object THEN NULL; END$$;"
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO plain_backup;",
+    )
+    env = {**pgvault_env(small_db), "PGUSER": "plain_backup"}
+    res = run_pgvault("backup", f"dir={backup_dir}", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "not a superuser" in res.stderr and "role passwords" in res.stderr
+    m = manifest_of(backup_dir)
+    assert m["role_passwords"] is False and m["tables"]["public.t"]["rows"] == 1000
+    roles = next(backup_dir.glob("*-roles.sql")).read_text()
+    assert "CREATE ROLE plain_backup" in roles and "PASSWORD" not in roles
