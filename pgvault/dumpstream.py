@@ -55,9 +55,8 @@ class TableStats:
 
 
 # pg_dump's line for a sequence: its value, and whether nextval() was called since.
-_SETVAL = re.compile(
-    rb"^SELECT pg_catalog\.setval\('((?:[^']|'')*)', (-?\d+), (true|false)\);$", re.MULTILINE
-)
+_SETVAL_START = b"SELECT pg_catalog.setval("
+_SETVAL = re.compile(rb"SELECT pg_catalog\.setval\('((?:[^']|'')*)', (-?\d+), (true|false)\);")
 
 
 class CopyStats:
@@ -103,9 +102,7 @@ class CopyStats:
                 idx = block.find(b"COPY ", pos, end)
                 while idx > pos and block[idx - 1] != 0x0A:
                     idx = block.find(b"COPY ", idx + 1, end)
-                for m in _SETVAL.finditer(block, pos, end if idx < 0 else idx):
-                    name = m[1].replace(b"''", b"'").decode("utf-8", "replace")
-                    self.sequences[name] = int(m[2]) if m[3] == b"true" else None
+                self._setvals(block, pos, end if idx < 0 else idx)
                 if idx < 0:
                     return
                 eol = block.index(b"\n", idx)
@@ -129,6 +126,19 @@ class CopyStats:
                 return
             self._current = None
             pos = term + len(_TERMINATOR)
+
+    def _setvals(self, block: bytes, pos: int, end: int) -> None:
+        """Record the setval lines in block[pos:end] (SQL, whole lines). A plain find
+        first: large-object data makes this part of a dump long."""
+        i = block.find(_SETVAL_START, pos, end)
+        while i >= 0:
+            if i == pos or block[i - 1] == 0x0A:
+                eol = block.find(b"\n", i, end)
+                m = _SETVAL.fullmatch(block, i, end if eol < 0 else eol)
+                if m is not None:
+                    name = m[1].replace(b"''", b"'").decode("utf-8", "replace")
+                    self.sequences[name] = int(m[2]) if m[3] == b"true" else None
+            i = block.find(_SETVAL_START, i + 1, end)
 
     def result(self) -> dict[str, dict[str, object]]:
         return {
