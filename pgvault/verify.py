@@ -120,6 +120,10 @@ def create_database_sql(name: str, encoding: str) -> sql.Composed:
 
 SCRATCH_DB = "pgvault_verify"
 
+# The restore creates and loads every table in one transaction: at wal_level minimal that
+# writes no WAL, and a throwaway cluster needs none.
+_NO_WAL = {"wal_level": "minimal", "max_wal_senders": "0"}
+
 # What makes a scratch database not empty: verify would wipe it.
 _USER_OBJECTS = """SELECT
     (SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname NOT IN
@@ -156,7 +160,7 @@ def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[tuple[Conn, in
             programs.major, bset.dump_major, "a throwaway cluster", cfg.clients.bindir,
             bset.dump_version,
         )  # fmt: skip
-        with throwaway(programs) as cluster:
+        with throwaway(programs, settings=_NO_WAL) as cluster:
             # Not the source's name: the cluster has a `postgres` database already.
             encoding = str(bset.manifest.get("encoding", "UTF8"))
             with connect(cluster.conn(), autocommit=True) as pg:
