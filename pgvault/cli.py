@@ -83,7 +83,7 @@ def split_command(argv: list[str]) -> tuple[str, list[str]]:
     if not argv or (argv[0] in ("-h", "--help") and len(argv) == 1):
         if not argv:
             raise ConfigError(
-                "no command given", f"use one of: {', '.join(COMMANDS)} (pgvault --help)"
+                "no command given", f"use one of: {', '.join(COMMANDS)}; see pgvault --help"
             )
         return "backup", argv
     first = argv[0]
@@ -92,7 +92,7 @@ def split_command(argv: list[str]) -> tuple[str, list[str]]:
     if first.split("=")[0] in _HYDRA_FLAGS:
         return "backup", argv
     raise ConfigError(
-        f"unknown command '{first}'", f"use one of: {', '.join(COMMANDS)} (pgvault --help)"
+        f"unknown command '{first}'", f"use one of: {', '.join(COMMANDS)}; see pgvault --help"
     )
 
 

@@ -131,7 +131,7 @@ def find_programs(
     raise ClientProgramError(
         f"no {names} found {where}",
         f"install the PostgreSQL {server_major} client programs "
-        f"(`apt-get install postgresql-client-{server_major}`) or set clients.bindir",
+        f"with `apt-get install postgresql-client-{server_major}`, or set clients.bindir",
     )
 
 
@@ -174,7 +174,7 @@ def tool_path(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         raise ClientProgramError(
-            f"{name} is not installed", f"install it (`apt-get install {name}`) or pick another"
+            f"{name} is not installed", f"install it with `apt-get install {name}`, or pick another"
         )
     return path
 

@@ -52,7 +52,7 @@ def _run_as() -> tuple[dict[str, object], int | None, int | None]:
     except KeyError:
         raise ServerError(
             "running as root and there is no `postgres` user to run the server as",
-            "create one (`useradd postgres`) or run pgvault as an ordinary user",
+            "create one with `useradd postgres`, or run pgvault as an ordinary user",
         ) from None
     kwargs: dict[str, object] = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
     return kwargs, pw.pw_uid, pw.pw_gid

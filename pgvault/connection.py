@@ -136,7 +136,7 @@ def explain_connect_error(conn: Conn, message: str) -> ServerError:
     ):
         return ServerError(
             f"PostgreSQL does not appear to be running at {conn.where}",
-            "start it (e.g. `supabase start` or `pg_ctlcluster 15 main start`) "
+            "start it, e.g. `supabase start` or `pg_ctlcluster 15 main start`, "
             "or point target.url / PGHOST / PGPORT at a running server",
         )
     return ServerError(f"cannot connect to {conn.where}: {first}", "check the target settings")

@@ -40,7 +40,7 @@ def resolve_prefix(prefix: str | None, dir_value: str | None) -> tuple[Path, str
     if not prefix:
         raise ConfigError(
             "no backup set given",
-            "pass prefix=backup-YYYY-MM-DD-HHMMSS (`pgvault list` shows them)",
+            "pass prefix=backup-YYYY-MM-DD-HHMMSS; `pgvault list` shows them",
         )
     path = Path(prefix)
     if path.is_absolute():
