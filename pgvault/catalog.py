@@ -115,13 +115,6 @@ class BackupSet:
     def all_paths(self) -> list[Path]:
         return [*self.files.values(), *self.partial]
 
-    def total_size(self) -> int:
-        total = 0
-        for p in self.files.values():
-            with contextlib.suppress(OSError):
-                total += p.stat().st_size
-        return total
-
 
 def scan(directory: Path) -> list[BackupSet]:
     """Every set in directory, newest first. Files pgvault did not write are ignored."""

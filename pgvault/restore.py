@@ -57,9 +57,13 @@ def resolve_prefix(prefix: str | None, dir_value: str | None) -> tuple[Path, str
     return directory, name
 
 
-def find_set(directory: Path, prefix: str) -> LoadedSet:
-    """Return the complete set prefix in directory, or say what is missing."""
-    bset = next((s for s in catalog.scan(directory) if s.prefix == prefix), None)
+def find_set(
+    directory: Path, prefix: str, scanned: list[catalog.BackupSet] | None = None
+) -> LoadedSet:
+    """Return the complete set prefix in directory (from scanned, a scan of it already
+    made, if given), or say what is missing."""
+    sets = catalog.scan(directory) if scanned is None else scanned
+    bset = next((s for s in sets if s.prefix == prefix), None)
     if bset is None:
         raise NotFound(
             f"no backup set {prefix} in {directory}", f"`pgvault list dir={directory}` shows them"

@@ -134,12 +134,14 @@ _USER_OBJECTS = """SELECT
   + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)
   + (SELECT count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')"""
 
+_INSTALL_EXTENSION = (
+    "install that extension on this machine, or use verify.target=URL of a scratch "
+    "database on a server that has it"
+)
 # Failures of the restore that say nothing about the set: verify could not run.
 _NOT_THE_SETS_FAULT = (
-    ("extension control file", "install that extension on this machine, or use "
-     "verify.target=URL of a scratch database on a server that has it"),
-    ('" is not available', "install that extension on this machine, or use "
-     "verify.target=URL of a scratch database on a server that has it"),
+    ("extension control file", _INSTALL_EXTENSION),
+    ('" is not available', _INSTALL_EXTENSION),
     ("No space left on device", "free space in $TMPDIR or point TMPDIR elsewhere"),
     ("could not connect", "check the scratch server"),
     ("server closed the connection", "check the scratch server's log"),
@@ -292,28 +294,25 @@ def report(ui: Reporter, result: VerifyResult) -> None:
         ui.say(f"✗ {result.prefix} does NOT match its backup: {bad} problem(s)")
 
 
-def sets_to_verify(cfg: PgvaultConfig, directory: Path) -> list[load.LoadedSet]:
+def sets_to_verify(cfg: PgvaultConfig) -> list[load.LoadedSet]:
     """prefix= names one set; all=true every complete set; else the newest complete one."""
     if cfg.prefix:
         found_dir, prefix = restore.resolve_prefix(cfg.prefix, cfg.dir)
         return [restore.find_set(found_dir, prefix)]
-    complete = [s.prefix for s in catalog.scan(directory) if s.complete]
+    directory = catalog.backup_dir(cfg.dir, create=False)
+    scanned = catalog.scan(directory)  # once: each set's manifest is read here
+    complete = [s.prefix for s in scanned if s.complete]
     if not complete:
         raise NotFound(f"no complete backup set in {directory}", "run `pgvault backup` first")
     chosen = complete if cfg.all else complete[:1]
-    return [restore.find_set(directory, p) for p in chosen]
+    return [restore.find_set(directory, p, scanned) for p in chosen]
 
 
 def run_verify(cfg: PgvaultConfig, ui: Reporter) -> list[VerifyResult]:
     """Verify the chosen sets, record each verdict, and raise VerifyMismatch (exit 3)
     when any does not match."""
-    directory = (
-        catalog.backup_dir(cfg.dir, create=False)
-        if not (cfg.prefix and Path(cfg.prefix).is_absolute())
-        else Path(cfg.prefix).parent
-    )
     results = []
-    for bset in sets_to_verify(cfg, directory):
+    for bset in sets_to_verify(cfg):
         result = verify_set(cfg, bset)
         report(ui, result)
         write_record(ui, bset.directory, result)
