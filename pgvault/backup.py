@@ -18,10 +18,10 @@ from typing import Any, cast
 
 import psycopg
 
-from pgvault import __version__, catalog, clients, naming, pipeline, retention
+from pgvault import __version__, catalog, clients, naming, pipeline, profiles, retention
 from pgvault.config import PgvaultConfig
 from pgvault.connection import Conn, conn_for_target, connect
-from pgvault.dumpstream import CopyStats, RolesRewriter
+from pgvault.dumpstream import CopyStats
 from pgvault.errors import PgvaultError
 from pgvault.facts import read_facts
 from pgvault.ui import Reporter, mb
@@ -116,10 +116,13 @@ def run_backup(
         programs = clients.find_programs(
             server_major, conn.where, clients.CLIENT_PROGRAMS, cfg.clients.bindir
         )
+        profile = profiles.choose(pg, cfg.target.profile, conn.dbname)
         directory = catalog.backup_dir(cfg.dir, create=True)
         with catalog.locked(directory, timeout=cfg.lock_timeout, what="backup"):
             remove_stale_partials(directory)
-            result = _write_set(cfg, ui, pg, conn, programs, directory, compressor, env_name, clock)
+            result = _write_set(
+                cfg, ui, pg, conn, programs, directory, compressor, env_name, clock, profile
+            )
             if apply_retention:
                 result.pruned = retention.prune(
                     directory, cfg.retention, now=clock(), protect=result.prefix
@@ -138,17 +141,21 @@ def _write_set(
     compressor: list[str] | None,
     env_name: str,
     clock: Clock,
+    chosen: tuple[str, str],
 ) -> BackupResult:
     compression = cfg.compression.value
     started = clock()
     server_version = str(pg.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    profile, why = chosen
     prefix = choose_prefix(directory, clock)
-    final = {k: directory / naming.file_name(prefix, k, compression) for k in naming.SQL_KINDS}
+    kinds = naming.SQL_KINDS + ((naming.PLATFORM,) if profiles.has_platform_file(profile) else ())
+    final = {k: directory / naming.file_name(prefix, k, compression) for k in kinds}
     partial = {k: p.with_name(p.name + naming.PARTIAL_SUFFIX) for k, p in final.items()}
     ui.say(f"Backing up {conn.dbname} at {conn.where} (target {cfg.target.name})...")
+    ui.say(f"Profile: {profile} ({why})")
     try:
-        snapshot, facts, stats, tables = _dump(ui, pg, conn, programs, partial, compressor)
-        for kind in naming.SQL_KINDS:
+        snapshot, facts, stats, tables = _dump(ui, pg, conn, programs, partial, compressor, profile)
+        for kind in kinds:
             partial[kind].rename(final[kind])
         catalog.fsync_dir(directory)
         manifest = {
@@ -195,6 +202,7 @@ def _dump(
     programs: clients.Programs,
     partial: dict[str, Path],
     compressor: list[str] | None,
+    profile: str,
 ) -> tuple[dict[str, str], dict[str, Any], dict[str, pipeline.FileStats], dict[str, Any]]:
     """Run the three dumps into the partial files; return the snapshot, the facts read in
     it, each file's stats and the per-table row counts and checksums."""
@@ -207,7 +215,9 @@ def _dump(
         row = pg.execute("SELECT pg_catalog.pg_export_snapshot(), now()").fetchone()
         assert row is not None
         snapshot = str(row[0])
-        facts = read_facts(pg)
+        plan = profiles.plan(pg, profile)
+        facts = read_facts(pg, skip_schemas=plan.platform_schemas)
+        facts.update(plan.manifest())
         facts["role_passwords"] = _may_read_passwords(pg)
         if not facts["role_passwords"] and not ui.quiet:
             ui.warn(
@@ -218,7 +228,9 @@ def _dump(
         pg_dump, info = programs.path("pg_dump"), conn.conninfo
         copy_stats = CopyStats()
         stats: dict[str, pipeline.FileStats] = {}
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        pre_data = [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "pre-data")]
+        post_data = [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "post-data")]
+        with ThreadPoolExecutor(max_workers=3) as pool:
             futures: dict[str, Future[pipeline.FileStats]] = {
                 "roles": pool.submit(
                     pipeline.stream_to_file,
@@ -230,21 +242,28 @@ def _dump(
                     ],
                     env,
                     partial["roles"],
-                    transform=RolesRewriter(),
+                    transform=plan.roles_transform(),
                 ),
                 "schema": pool.submit(
                     pipeline.stream_to_file,
-                    [
-                        [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "pre-data")],
-                        [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "post-data")],
-                    ],
+                    [pre_data, post_data],
                     env,
                     partial["schema"],
+                    transform=plan.schema_transform(),
+                    prologue=plan.schema_prologue(),
                 ),
             }
+            if naming.PLATFORM in partial:
+                futures[naming.PLATFORM] = pool.submit(
+                    pipeline.stream_to_file,
+                    [pre_data, post_data],
+                    env,
+                    partial[naming.PLATFORM],
+                    transform=plan.platform_transform(),
+                )
             with ui.transfer("data") as progress:
                 stats["data"] = pipeline.stream_to_file(
-                    [[pg_dump, *clients.pg_dump_data_args(info, snapshot)]],
+                    [[pg_dump, *clients.pg_dump_data_args(info, snapshot), *plan.data_args()]],
                     env,
                     partial["data"],
                     observers=[copy_stats],

@@ -100,6 +100,8 @@ class BackupSet:
             parsed = naming.parse_file_name(self.files["data"].name)
             comp = parsed.compression if parsed else "none"
         names = {k: naming.file_name(self.prefix, k, comp) for k in naming.SQL_KINDS}
+        if self.manifest is not None and naming.PLATFORM in self.manifest["files"]:
+            names[naming.PLATFORM] = naming.file_name(self.prefix, naming.PLATFORM)
         names["manifest"] = naming.file_name(self.prefix, "manifest")
         return names
 
@@ -189,6 +191,13 @@ def _manifest_problem(prefix: str, m: dict[str, Any]) -> str | None:
             return f"no entry for {want}"
         if not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
             return f"no size or sha256 for {want}"
+    extra = files.get(naming.PLATFORM)
+    if extra is not None and (
+        not isinstance(extra, dict)
+        or extra.get("name") != naming.file_name(prefix, naming.PLATFORM)
+        or not isinstance(extra.get("size"), int)
+    ):
+        return f"no valid entry for {naming.file_name(prefix, naming.PLATFORM)}"
     offset = m.get("schema_post_data_offset")
     if not isinstance(offset, int) or not 0 <= offset <= files["schema"]["size"]:
         return "no valid schema_post_data_offset"

@@ -198,11 +198,12 @@ def throwaway(
     hba_first: Sequence[str] = (),
     settings: dict[str, str] | None = None,
     parent: str | None = None,
+    superuser: str = "postgres",
 ) -> Iterator[Cluster]:
     """A started cluster in a new temp dir; stopped and removed afterwards, always."""
     _check_reachable(Path(parent or tempfile.gettempdir()))
     root = Path(tempfile.mkdtemp(prefix="pgvault-cluster-", dir=parent))
-    cluster = Cluster(root, free_port(), programs)
+    cluster = Cluster(root, free_port(), programs, superuser)
     try:
         cluster.init(hba_first, settings)
         cluster.start()

@@ -28,6 +28,12 @@ class Compression(Enum):
     zstd = "zstd"
 
 
+class Profile(Enum):
+    auto = "auto"  # supabase when the database looks like Supabase's, else plain
+    plain = "plain"
+    supabase = "supabase"
+
+
 class OutputFormat(Enum):
     text = "text"
     json = "json"
@@ -46,6 +52,8 @@ class TargetConfig:
     name: str = MISSING
     url: str | None = None
     description: str = ""
+    # What belongs to the application and what to the platform it runs on.
+    profile: Profile = Profile.auto
 
 
 @dataclass

@@ -6,14 +6,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgvault.config import TargetConfig
+from pgvault.config import Profile, TargetConfig
 from pgvault.errors import ConfigError, DatabaseMissing, ServerError
 
+SUPABASE_LOCAL_PORT = "54322"  # `supabase start`'s database
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
 _KW_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _YAML_PASSWORD = re.compile(r"^(\s*password:\s*)(\S.*)$", re.MULTILINE | re.IGNORECASE)
@@ -37,6 +38,8 @@ class Conn:
     conninfo: str
     password: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # A Supabase target: a server that is down is Supabase's that is not started.
+    supabase: bool = False
 
     @property
     def params(self) -> dict[str, str]:
@@ -54,7 +57,7 @@ class Conn:
     def with_dbname(self, dbname: str) -> Conn:
         params = self.params
         params["dbname"] = dbname
-        return Conn(make_conninfo(**params), self.password, self.extra_env)
+        return Conn(make_conninfo(**params), self.password, self.extra_env, self.supabase)
 
     @property
     def dbname(self) -> str:
@@ -77,7 +80,10 @@ class Conn:
 def conn_for_target(target: TargetConfig) -> Conn:
     """Given a target, return its Conn: target.url, else DATABASE_URL, else libpq's env."""
     url = target.url or os.environ.get("DATABASE_URL") or ""
-    return conn_from_url(url, what=f"target '{target.name}'")
+    conn = conn_from_url(url, what=f"target '{target.name}'")
+    if target.profile is Profile.supabase or conn.params.get("port") == SUPABASE_LOCAL_PORT:
+        conn = replace(conn, supabase=True)
+    return conn
 
 
 def conn_from_url(url: str, what: str = "database URL") -> Conn:
@@ -134,6 +140,11 @@ def explain_connect_error(conn: Conn, message: str) -> ServerError:
         or "could not connect" in msg
         or "timeout expired" in msg
     ):
+        if conn.supabase:
+            return ServerError(
+                f"Supabase does not appear to be running at {conn.where}",
+                "start it with `supabase start`",
+            )
         return ServerError(
             f"PostgreSQL does not appear to be running at {conn.where}",
             "start it, e.g. `supabase start` or `pg_ctlcluster 15 main start`, "

@@ -9,8 +9,9 @@ from typing import Any
 
 import psycopg
 
+# Schemas a profile leaves to the platform are passed as %(skip)s.
 _USER_NS = """n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-    AND n.nspname !~ '^pg_(toast_)?temp_'"""
+    AND n.nspname !~ '^pg_(toast_)?temp_' AND NOT n.nspname = ANY(%(skip)s)"""
 
 _SQL = {
     "sequences": """
@@ -19,12 +20,12 @@ _SQL = {
     "roles": """
         SELECT rolname FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1""",
     "indexes": f"""
-        SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_index i
+        SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_catalog.pg_index i
         JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE {_USER_NS} ORDER BY 1""",
     "constraints": f"""
-        SELECT format('%I.%I.%I', n.nspname, c.relname, k.conname)
+        SELECT format('%%I.%%I.%%I', n.nspname, c.relname, k.conname)
         FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE {_USER_NS} ORDER BY 1""",
@@ -43,18 +44,21 @@ def pgoptions(settings: dict[str, str], base: str = "") -> str:
     return " ".join(options)
 
 
-def read_facts(pg: psycopg.Connection[tuple[Any, ...]]) -> dict[str, Any]:
+def read_facts(
+    pg: psycopg.Connection[tuple[Any, ...]], skip_schemas: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Given a connection (inside the backup's snapshot, or to a restored database),
-    return its facts as the manifest stores them."""
+    return its facts as the manifest stores them; skip_schemas are the platform's."""
     cur = pg.cursor()
+    skip = {"skip": list(skip_schemas)}
     facts: dict[str, Any] = {}
     cur.execute(_SQL["sequences"])
     # A sequence never used has no last_value; pg_dump then restores its start value.
     facts["sequences"] = {name: value for name, value in cur.fetchall()}
     for key in ("roles", "indexes", "constraints"):
-        cur.execute(_SQL[key])
+        cur.execute(_SQL[key], skip if key != "roles" else None)
         facts[key] = [str(r[0]) for r in cur.fetchall()]
-    facts["matviews"] = _populated_matviews(cur)
+    facts["matviews"] = _populated_matviews(cur, skip)
     # Settings that shape COPY's text and that pg_dump leaves as the session has them
     # (it pins DateStyle, IntervalStyle and extra_float_digits itself): a re-dump for
     # verify must use the same, or a timestamptz reads differently in another time zone.
@@ -75,12 +79,14 @@ def read_facts(pg: psycopg.Connection[tuple[Any, ...]]) -> dict[str, Any]:
     return facts
 
 
-def _populated_matviews(cur: Cursor) -> list[str]:
+def _populated_matviews(cur: Cursor, skip: dict[str, list[str]]) -> list[str]:
     """Populated materialized views, each after the ones it reads from."""
     cur.execute(
-        """SELECT c.oid, format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+        """SELECT c.oid, format('%%I.%%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind = 'm' AND c.relispopulated ORDER BY c.oid"""
+        WHERE c.relkind = 'm' AND c.relispopulated AND NOT n.nspname = ANY(%(skip)s)
+        ORDER BY c.oid""",
+        skip,
     )
     names = {int(oid): str(name) for oid, name in cur.fetchall()}
     cur.execute(

@@ -14,8 +14,10 @@ from typing import Any
 
 from pgvault import clients, pipeline
 from pgvault.connection import Conn
+from pgvault.dumpfilter import Entry, EntryFilter, chain
 from pgvault.dumpstream import DataFilter, drop_lines
 from pgvault.errors import ClientProgramError, IntegrityError, PgvaultError
+from pgvault.profiles import Plan
 
 # Server versions before 17 reject this line, which pg_dump 17 and newer write.
 _NEW_SETTINGS = (b"SET transaction_timeout = 0;",)
@@ -165,21 +167,33 @@ def row_mismatches(expected: dict[str, Any], seen: dict[str, int]) -> list[str]:
 
 
 def restore_parts(
-    bset: LoadedSet, server_major: int, *, strict: bool = True
+    bset: LoadedSet,
+    server_major: int,
+    *,
+    strict: bool = True,
+    schema_keep: Callable[[Entry], bool] | None = None,
 ) -> Callable[[list[pipeline.Stage]], Iterator[bytes]]:
     """The one stream psql reads: the whole restore inside a single transaction, in the
     order pre-data, data, post-data, so indexes and constraints are built once.
 
     strict: stop before COMMIT when the data file's rows disagree with the manifest (a
-    file cut between two tables restores cleanly otherwise)."""
+    file cut between two tables restores cleanly otherwise). schema_keep: leave out the
+    schema file's entries for which it is false (verify: extensions a server lacks)."""
     drop = _NEW_SETTINGS if server_major < 17 else ()
     offset = int(bset.manifest["schema_post_data_offset"])
     decompress = clients.decompressor(bset.compression)
+    wipe = Plan.from_manifest(bset.manifest).wipe_sql() or WIPE_SQL
 
     def sql_file(
-        path: Path, running: list[pipeline.Stage], start: int = 0, stop: int | None = None
+        path: Path,
+        running: list[pipeline.Stage],
+        start: int = 0,
+        stop: int | None = None,
+        keep: Callable[[Entry], bool] | None = None,
     ) -> Iterator[bytes]:
         transform = drop_lines(drop)
+        if keep is not None:
+            transform = chain(EntryFilter(keep), transform)
         for chunk in pipeline.file_chunks(path, {}, running, start=start, stop=stop):
             yield transform(chunk)
         yield transform(b"") + b"\n"
@@ -187,8 +201,8 @@ def restore_parts(
     def parts(running: list[pipeline.Stage]) -> Iterator[bytes]:
         yield b"BEGIN;\nSET LOCAL lock_timeout = '60s';\n"
         yield from sql_file(bset.files["roles"], running)
-        yield WIPE_SQL.encode()
-        yield from sql_file(bset.files["schema"], running, stop=offset)
+        yield wipe.encode()
+        yield from sql_file(bset.files["schema"], running, stop=offset, keep=schema_keep)
         yield b"SET session_replication_role = replica;\n"
         data = DataFilter(drop)
         for chunk in pipeline.file_chunks(
@@ -229,13 +243,20 @@ class RestoreFailed(PgvaultError):
 
 
 def load_set(
-    bset: LoadedSet, conn: Conn, psql: str, server_major: int, *, strict: bool = True
+    bset: LoadedSet,
+    conn: Conn,
+    psql: str,
+    server_major: int,
+    *,
+    strict: bool = True,
+    schema_keep: Callable[[Entry], bool] | None = None,
 ) -> None:
     """Replace conn's database with the set, atomically: on any failure nothing changed.
-    strict: also refuse data whose rows disagree with the manifest (see restore_parts)."""
+    strict and schema_keep: see restore_parts."""
     argv = [psql, *clients.psql_args(conn.conninfo)]
+    parts = restore_parts(bset, server_major, strict=strict, schema_keep=schema_keep)
     try:
-        pipeline.stream_into(argv, conn.env(), restore_parts(bset, server_major, strict=strict))
+        pipeline.stream_into(argv, conn.env(), parts)
     except OSError as e:  # a set file went away or could not be read mid-stream
         detail = f"cannot read {e.filename or 'a set file'}: {e.strerror}"
         raise RestoreFailed(f"restore failed, {conn.dbname} is unchanged", detail) from None

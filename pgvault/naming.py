@@ -11,13 +11,16 @@ _PREFIX_RE = re.compile(r"backup-(\d{4})-(\d{2})-(\d{2})-(\d{2})(\d{2})(\d{2})")
 
 # The set's SQL files, in the order they restore.
 SQL_KINDS = ("roles", "schema", "data")
-KINDS = (*SQL_KINDS, "manifest", "verify")
+# Written beside the three for some profiles: the platform's own definitions (Supabase's
+# managed schemas), which verify loads before the set; a plain restore never needs it.
+PLATFORM = "platform"
+KINDS = (*SQL_KINDS, PLATFORM, "manifest", "verify")
 COMPRESSION_SUFFIX = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 PARTIAL_SUFFIX = ".partial"
 
 _FILE_RE = re.compile(
     r"(?P<prefix>backup-\d{4}-\d{2}-\d{2}-\d{6})-"
-    r"(?:(?P<sql>roles|schema)\.sql|data\.sql(?P<comp>\.gz|\.zst)?|(?P<json>manifest|verify)\.json)"
+    r"(?:(?P<sql>roles|schema|platform)\.sql|data\.sql(?P<comp>\.gz|\.zst)?|(?P<json>manifest|verify)\.json)"
     r"(?P<partial>\.partial)?"
 )
 
@@ -52,7 +55,7 @@ def file_name(prefix: str, kind: str, compression: str = "none") -> str:
         return f"{prefix}-data.sql{COMPRESSION_SUFFIX[compression]}"
     if kind in ("manifest", "verify"):
         return f"{prefix}-{kind}.json"
-    if kind in SQL_KINDS:
+    if kind in (*SQL_KINDS, PLATFORM):
         return f"{prefix}-{kind}.sql"
     raise ValueError(f"unknown kind {kind!r}")
 

@@ -239,13 +239,14 @@ def stream_to_file(
     observers: Sequence[Observer] = (),
     compressor: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    prologue: bytes = b"",
     trailer: bytes = b"",
 ) -> FileStats:
     """Run each argv in sources, one after another, streaming their stdout into a new
     file dest (mode 0600).
 
     Each chunk goes through transform, to the observers, then (optionally) through a
-    compressor; trailer is appended at the end. The sha256 and size are of the bytes
+    compressor; prologue comes first and trailer last. The sha256 and size are of the bytes
     written to dest. On failure every stage is killed, dest removed, and the error raised.
     """
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -259,6 +260,8 @@ def stream_to_file(
             try:
                 total = 0
                 offsets = []
+                if prologue:
+                    sink.write(prologue)
                 for argv in sources:
                     offsets.append(sink.accepted)
                     source = Stage(argv, env)

@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from pgvault import catalog, clients, naming
-from pgvault.config import Confirm, PgvaultConfig, TargetConfig
+from pgvault.config import Confirm, PgvaultConfig, Profile, TargetConfig
 from pgvault.connection import Conn, conn_for_target, conn_from_url, connect
 from pgvault.errors import (
     ConfigError,
@@ -31,6 +31,7 @@ from pgvault.errors import (
     Refused,
 )
 from pgvault.load import LoadedSet, RestoreFailed, load_set, psql_for
+from pgvault.profiles import Plan, supabase
 from pgvault.ui import Reporter, mb
 
 
@@ -79,7 +80,8 @@ def find_set(
             f"backup set {prefix} lacks {', '.join(bset.missing)}",
             "restore the missing files or pick another set",
         )
-    files = {k: bset.files[k] for k in naming.SQL_KINDS}
+    kinds = [*naming.SQL_KINDS, naming.PLATFORM]
+    files = {k: bset.files[k] for k in kinds if k in bset.manifest["files"]}
     return LoadedSet(prefix, directory, files, bset.manifest)
 
 
@@ -98,11 +100,18 @@ def restore_conn(cfg: PgvaultConfig) -> Conn:
     return conn.with_dbname(other) if other else conn
 
 
-def _server(conn: Conn, create: bool) -> tuple[int, str, bool]:
+def _server(conn: Conn, create: bool, profile: str) -> tuple[int, str, bool]:
     """Return the target server's major version, version text, and whether the database
-    exists. A missing database is an error unless it may be created."""
+    exists. A missing database is an error unless it may be created; a set of a Supabase
+    database needs a Supabase database to go into."""
     try:
         with connect(conn, autocommit=True) as pg:
+            if profile == Profile.supabase.value and not supabase.detect(pg):
+                raise Refused(
+                    f"this set is of a Supabase database and {conn.dbname} at {conn.where} "
+                    "is not one (no supabase_admin role or Supabase-owned auth schema)",
+                    "restore it into a Supabase database, e.g. one `supabase start` made",
+                )
             return (*_version(pg), True)
     except DatabaseMissing as e:
         if not create:
@@ -134,6 +143,10 @@ def _summary(ui: Reporter, bset: LoadedSet, conn: Conn, exists: bool, safety: bo
     ui.say(f"Source: target {m.get('target')} (database {m.get('database')}, "
            f"PostgreSQL {m.get('server_version')})")  # fmt: skip
     ui.say(f"Target: database {conn.dbname} at {conn.where}" + ("" if exists else " (new)"))
+    profile = Plan.from_manifest(m).profile
+    ui.say(f"Profile: {profile}" + (
+        " (the app's schemas, roles and rows; Supabase's own stay as they are)"
+        if profile == Profile.supabase.value else ""))  # fmt: skip
     ui.say("")
     ui.say("⚠️  WARNING: This will REPLACE the database above with the backup.")
     ui.say("   Everything in it now will be lost; roles in the backup are created or updated.")
@@ -209,7 +222,8 @@ def run_restore(
         ui.warn(f"{problem}; restoring anyway (force=true)")
     clients.decompressor(bset.compression)  # a missing zstd/gzip fails here, not mid-way
     conn = restore_conn(cfg)
-    server_major, server_version, exists = _server(conn, cfg.restore.create_database)
+    profile = Plan.from_manifest(bset.manifest).profile
+    server_major, server_version, exists = _server(conn, cfg.restore.create_database, profile)
     psql = psql_for(
         server_major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version
     )

@@ -27,6 +27,8 @@ from pgvault.connection import Conn, conn_from_url, connect
 from pgvault.dumpstream import CopyStats
 from pgvault.errors import ConfigError, NotFound, PgvaultError, VerifyMismatch
 from pgvault.facts import pgoptions, read_facts
+from pgvault.profiles import Plan, skip_entries
+from pgvault.profiles.standin import supabase_standin
 from pgvault.ui import Reporter
 
 VERIFIED, FAILED = "verified", "failed"
@@ -52,6 +54,8 @@ class VerifyResult:
     server_version: str = ""
     duration_s: float = 0.0
     restored: bool = True  # False: the restore failed; tables come from the data file
+    # What this server could not check (say, an extension it lacks); not a failure.
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -67,6 +71,7 @@ class VerifyResult:
             "tables": len(self.tables),
             "rows": sum(t.rows or 0 for t in self.tables),
             "problems": [*self.problems, *(f"table {n} differs" for n in bad)],
+            "not_checked": self.unchecked,
         }
 
 
@@ -150,24 +155,54 @@ _NOT_THE_SETS_FAULT = (
 )  # fmt: skip
 
 
+@dataclass
+class Scratch:
+    """An empty database to restore into: loaded as conn, read back as admin."""
+
+    conn: Conn
+    admin: Conn
+    major: int
+    psql: str
+    unavailable: set[str] = field(default_factory=set)  # extensions the server lacks
+    notes: list[str] = field(default_factory=list)
+
+
 @contextlib.contextmanager
-def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[tuple[Conn, int, str]]:
-    """Yield (connection, server major, psql) of an empty database to restore into: a
-    throwaway cluster (stopped and removed afterwards, whatever happens) or the scratch
-    database verify.target names (emptied afterwards)."""
+def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[Scratch]:
+    """Yield an empty database to restore into: in a throwaway cluster (stopped and
+    removed afterwards, whatever happens) or the scratch database verify.target names
+    (emptied afterwards). A Supabase set gets a Supabase-shaped throwaway cluster."""
     major = int(bset.manifest.get("server_major", 0))
+    plan = Plan.from_manifest(bset.manifest)
+    if plan.scope is not None and cfg.verify.target != "ephemeral":
+        raise ConfigError(
+            f"{bset.prefix} is a Supabase set, which verify restores only into a throwaway "
+            "Supabase-shaped cluster",
+            "leave verify.target at ephemeral on a machine with the PostgreSQL server programs",
+        )
     if cfg.verify.target == "ephemeral":
         programs = server_programs(major, cfg.clients.bindir)
         psql = load.psql_for(
             programs.major, bset.dump_major, "a throwaway cluster", cfg.clients.bindir,
             bset.dump_version,
         )  # fmt: skip
+        # Not the source's name: the cluster has a `postgres` database already.
+        create = create_database_sql(SCRATCH_DB, str(bset.manifest.get("encoding", "UTF8")))
+        if plan.scope is not None:
+            with supabase_standin(
+                programs, plan.scope, bset.files[naming.PLATFORM], psql, SCRATCH_DB, create,
+                _NO_WAL,
+            ) as stand_in:  # fmt: skip
+                yield Scratch(
+                    stand_in.conn, stand_in.admin, programs.major, psql,
+                    stand_in.unavailable, stand_in.notes,
+                )  # fmt: skip
+            return
         with throwaway(programs, settings=_NO_WAL) as cluster:
-            # Not the source's name: the cluster has a `postgres` database already.
-            encoding = str(bset.manifest.get("encoding", "UTF8"))
             with connect(cluster.conn(), autocommit=True) as pg:
-                pg.execute(create_database_sql(SCRATCH_DB, encoding))
-            yield cluster.conn(SCRATCH_DB), programs.major, psql
+                pg.execute(create)
+            conn = cluster.conn(SCRATCH_DB)
+            yield Scratch(conn, conn, programs.major, psql)
         return
     conn = conn_from_url(cfg.verify.target, what="verify.target")
     with connect(conn, autocommit=True) as pg:
@@ -183,7 +218,7 @@ def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[tuple[Conn, in
         server_major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version
     )
     try:
-        yield conn, server_major, psql
+        yield Scratch(conn, conn, server_major, psql)
     finally:
         with connect(conn, autocommit=True) as pg:
             pg.execute(load.WIPE_SQL)
@@ -197,23 +232,33 @@ def verify_set(cfg: PgvaultConfig, bset: load.LoadedSet) -> VerifyResult:
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Checksums are read while the cluster starts (hashing releases the GIL).
         checked = pool.submit(restore.file_problems, bset)
-        with scratch(cfg, bset) as (conn, major, psql):
+        with scratch(cfg, bset) as target:
             result.problems += checked.result()
-            _restore_and_compare(bset, conn, major, psql, result)
+            _restore_and_compare(bset, target, result)
     result.duration_s = time.monotonic() - started
     return result
 
 
-def _restore_and_compare(
-    bset: load.LoadedSet, conn: Conn, major: int, psql: str, result: VerifyResult
-) -> None:
-    """Load bset into conn's empty database, then fill result with the comparison."""
+def _restore_and_compare(bset: load.LoadedSet, target: Scratch, result: VerifyResult) -> None:
+    """Load bset into the target's empty database, then fill result with the comparison."""
     expected = bset.manifest.get("tables", {})
-    with connect(conn, autocommit=True) as pg:
+    plan = Plan.from_manifest(bset.manifest)
+    with connect(target.admin, autocommit=True) as pg:
         result.server_version = str(pg.info.parameter_status("server_version") or "")
+    missing = sorted(target.unavailable)
+    result.unchecked += [
+        f"extension {name} is not available on this server: what uses it was not checked"
+        for name in missing
+    ] + target.notes
+    keep = skip_entries(set(missing)) if missing else None
     try:
-        load.load_set(bset, conn, psql, major)
+        load.load_set(bset, target.conn, target.psql, target.major, schema_keep=keep)
     except PgvaultError as e:
+        if missing:
+            raise PgvaultError(
+                f"verify of {bset.prefix} could not run: {e.what}",
+                f"it needs {', '.join(missing)}, which this server lacks; {_INSTALL_EXTENSION}",
+            ) from None
         for marker, hint in _NOT_THE_SETS_FAULT:
             if marker in e.what:
                 raise PgvaultError(
@@ -225,17 +270,20 @@ def _restore_and_compare(
         result.tables = compare_tables(expected, file_tables(bset))
         return
     stats = CopyStats()
-    pg_dump = str(Path(psql).with_name("pg_dump"))
+    pg_dump = str(Path(target.psql).with_name("pg_dump"))
     # Large objects are counted in the facts; their bytes need not pass through here.
-    argv = [pg_dump, "--data-only", "-B", "--no-password", f"--dbname={conn.conninfo}"]
-    env = conn.env()
+    # The same selection as the backup's data dump (a profile may leave schemas out).
+    argv = [pg_dump, "--data-only", "-B", "--no-password", f"--dbname={target.admin.conninfo}",
+            *plan.data_args()]  # fmt: skip
+    env = target.admin.env()
     settings = bset.manifest.get("output_settings", {})
     if settings:
         env["PGOPTIONS"] = pgoptions(settings, env.get("PGOPTIONS", ""))
     pipeline.observe(argv, env, [stats])
     result.tables = compare_tables(expected, stats.result())
-    with connect(conn, autocommit=True) as pg:
-        result.problems += compare_facts(bset.manifest, read_facts(pg))
+    with connect(target.admin, autocommit=True) as pg:
+        facts = read_facts(pg, skip_schemas=plan.platform_schemas)
+        result.problems += compare_facts(bset.manifest, facts)
 
 
 def file_tables(bset: load.LoadedSet) -> dict[str, dict[str, Any]]:
@@ -283,6 +331,8 @@ def report(ui: Reporter, result: VerifyResult) -> None:
         ui.say("  (the restore failed: the tables above are as the data file holds them)")
     for problem in result.problems:
         ui.say(f"  ✗ {problem}")
+    for note in result.unchecked:
+        ui.say(f"  ? not checked: {note}")
     rows = sum(t.rows or 0 for t in result.tables)
     if result.ok:
         ui.ok(
