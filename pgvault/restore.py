@@ -100,17 +100,23 @@ def restore_conn(cfg: PgvaultConfig) -> Conn:
     return conn.with_dbname(other) if other else conn
 
 
-def _server(conn: Conn, create: bool, profile: str) -> tuple[int, str, bool]:
+def _server(conn: Conn, create: bool, profile: str, ui: Reporter) -> tuple[int, str, bool]:
     """Return the target server's major version, version text, and whether the database
     exists. A missing database is an error unless it may be created; a set of a Supabase
     database needs a Supabase database to go into."""
     try:
         with connect(conn, autocommit=True) as pg:
-            if profile == Profile.supabase.value and not supabase.detect(pg):
+            target_is_supabase = supabase.detect(pg)
+            if profile == Profile.supabase.value and not target_is_supabase:
                 raise Refused(
                     f"this set is of a Supabase database and {conn.dbname} at {conn.where} "
                     "is not one (no supabase_admin role or Supabase-owned auth schema)",
                     "restore it into a Supabase database, e.g. one `supabase start` made",
+                )
+            if profile == Profile.plain.value and target_is_supabase:
+                ui.warn(
+                    f"{conn.dbname} is a Supabase database and this set was made with the plain "
+                    "profile: the restore replaces Supabase's schemas too and needs a superuser"
                 )
             return (*_version(pg), True)
     except DatabaseMissing as e:
@@ -223,7 +229,7 @@ def run_restore(
     clients.decompressor(bset.compression)  # a missing zstd/gzip fails here, not mid-way
     conn = restore_conn(cfg)
     profile = Plan.from_manifest(bset.manifest).profile
-    server_major, server_version, exists = _server(conn, cfg.restore.create_database, profile)
+    server_major, server_version, exists = _server(conn, cfg.restore.create_database, profile, ui)
     psql = psql_for(
         server_major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version
     )

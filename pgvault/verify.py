@@ -54,6 +54,7 @@ class VerifyResult:
     server_version: str = ""
     duration_s: float = 0.0
     restored: bool = True  # False: the restore failed; tables come from the data file
+    profile: str = "plain"
     # What this server could not check (say, an extension it lacks); not a failure.
     unchecked: list[str] = field(default_factory=list)
 
@@ -227,7 +228,7 @@ def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[Scratch]:
 def verify_set(cfg: PgvaultConfig, bset: load.LoadedSet) -> VerifyResult:
     """Restore bset into an empty database and compare it with its manifest. Raises
     PgvaultError only when the check could not run; a bad set is a failed result."""
-    result = VerifyResult(bset.prefix)
+    result = VerifyResult(bset.prefix, profile=Plan.from_manifest(bset.manifest).profile)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Checksums are read while the cluster starts (hashing releases the GIL).
@@ -313,7 +314,11 @@ def write_record(ui: Reporter, directory: Path, result: VerifyResult) -> None:
 
 
 def report(ui: Reporter, result: VerifyResult) -> None:
-    ui.say(f"{result.prefix} (restored on PostgreSQL {result.server_version}):")
+    where = (
+        "a Supabase-shaped cluster, as postgres" if result.profile == "supabase" else "PostgreSQL"
+    )
+    ui.say(f"{result.prefix} (profile {result.profile}, restored on {where} "
+           f"{result.server_version}):")  # fmt: skip
     for t in result.tables:
         mark = "✓" if t.ok else "✗"
         if t.rows is None:
