@@ -125,7 +125,7 @@ def scan(directory: Path) -> list[BackupSet]:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return []
-    data_files: dict[str, list[Path]] = {}
+    data_files: dict[str, list[tuple[str, Path]]] = {}
     for entry in entries:
         parsed = naming.parse_file_name(entry.name)
         if parsed is None or not entry.is_file(follow_symlinks=False):
@@ -133,8 +133,8 @@ def scan(directory: Path) -> list[BackupSet]:
         bset = sets.setdefault(parsed.prefix, BackupSet(parsed.prefix))
         if parsed.partial:
             bset.partial.append(Path(entry.path))
-        elif parsed.kind == "data":
-            data_files.setdefault(parsed.prefix, []).append(Path(entry.path))
+        elif parsed.kind in ("data", naming.PLATFORM):
+            data_files.setdefault(parsed.prefix, []).append((parsed.kind, Path(entry.path)))
         else:
             bset.files[parsed.kind] = Path(entry.path)
     for bset in sets.values():
@@ -147,17 +147,20 @@ def scan(directory: Path) -> list[BackupSet]:
     return [sets[p] for p in naming.sort_newest_first(list(sets))]
 
 
-def _place_data_files(bset: BackupSet, paths: list[Path]) -> None:
-    """The data file is the one the manifest names (or, without a manifest, the only
-    one); any other is an extra."""
+def _place_data_files(bset: BackupSet, paths: list[tuple[str, Path]]) -> None:
+    """paths: (kind, path) of the prefix's data and platform files. The data file is the
+    one the manifest names (or, without a manifest, the only one); a platform file belongs
+    to the set only when the manifest names it. Any other is an extra: the user's, never
+    deleted with the set."""
     if bset.manifest is not None:
-        named = bset.manifest["files"]["data"]["name"]
-        chosen = next((p for p in paths if p.name == named), None)
+        files = bset.manifest["files"]
+        chosen = [(k, p) for k, p in paths if k in files and files[k]["name"] == p.name]
     else:
-        chosen = paths[0] if len(paths) == 1 else None
-    if chosen is not None:
-        bset.files["data"] = chosen
-    bset.extras = [p for p in paths if p is not chosen]
+        data = [(k, p) for k, p in paths if k == "data"]
+        chosen = data if len(data) == 1 else []
+    for kind, path in chosen:
+        bset.files[kind] = path
+    bset.extras = [p for k, p in paths if (k, p) not in chosen]
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -511,3 +511,29 @@ def test_a_second_data_file_is_the_users_and_survives_the_set(tmp_path):
     assert scanned.extras == [extra]
     retention.delete_set(scanned)
     assert [p.name for p in tmp_path.iterdir()] == [extra.name]
+
+
+def test_a_platform_file_the_manifest_does_not_name_is_the_users(tmp_path):
+    bset = write_set(tmp_path, BASE)
+    stray = tmp_path / naming.file_name(bset.prefix, naming.PLATFORM)
+    stray.write_bytes(b"not written by this set")
+    (scanned,) = catalog.scan(tmp_path)
+    assert scanned.complete and naming.PLATFORM not in scanned.files
+    assert scanned.extras == [stray]
+    retention.delete_set(scanned)
+    assert [p.name for p in tmp_path.iterdir()] == [stray.name]
+
+
+def test_a_platform_file_the_manifest_names_goes_with_its_set(tmp_path):
+    bset = write_set(tmp_path, BASE)
+    platform = tmp_path / naming.file_name(bset.prefix, naming.PLATFORM)
+    platform.write_bytes(b"CREATE SCHEMA auth;\n")
+    mpath = bset.files["manifest"]
+    manifest = json.loads(mpath.read_text())
+    manifest["files"][naming.PLATFORM] = {"name": platform.name, "size": 20, "sha256": "0" * 64}
+    mpath.write_text(json.dumps(manifest))
+    (scanned,) = catalog.scan(tmp_path)
+    assert scanned.complete and scanned.files[naming.PLATFORM] == platform
+    (tmp_path / platform.name).unlink()
+    (missing,) = catalog.scan(tmp_path)
+    assert not missing.complete and platform.name in missing.missing
