@@ -15,6 +15,7 @@ from pgvault.dumpfilter import Entry, EntryFilter, chain
 from pgvault.dumpstream import RolesRewriter
 from pgvault.errors import ConfigError
 from pgvault.profiles import supabase
+from pgvault.profiles.supabase_roles import SupabaseRoles
 
 Transform = Callable[[bytes], bytes]
 
@@ -42,7 +43,7 @@ class Plan:
         if self.scope is None:
             return RolesRewriter()
         superusers = frozenset(r for r, a in self.scope.platform_roles.items() if a["superuser"])
-        return chain(supabase.SupabaseRoles(superusers), RolesRewriter())
+        return chain(SupabaseRoles(superusers), RolesRewriter())
 
     def schema_transform(self) -> Transform | None:
         if self.scope is None:

@@ -11,14 +11,8 @@ from hypothesis import strategies as st
 
 from pgvault.dumpfilter import Entry, EntryFilter, parse_header
 from pgvault.profiles import Plan
-from pgvault.profiles.supabase import (
-    SupabaseRoles,
-    SupabaseScope,
-    app_entry,
-    data_args,
-    is_reserved,
-    roles_statement,
-)
+from pgvault.profiles.supabase import SupabaseScope, app_entry, data_args, is_reserved
+from pgvault.profiles.supabase_roles import SupabaseRoles, roles_statement
 
 
 def cut(data: bytes, size: int) -> list[bytes]:
@@ -79,7 +73,8 @@ def test_role_settings_of_reserved_roles_only_from_the_allowlist(role, setting, 
     if superuser:
         assert kept is None
     elif is_reserved(role):
-        assert (kept is not None) == (setting in KEPT)
+        settable = role in ("anon", "authenticated", "authenticator", "service_role")
+        assert (kept is not None) == (settable and setting in KEPT)
     else:
         assert kept == stmt
 
@@ -92,6 +87,37 @@ def test_memberships_among_supabases_roles_go_and_grantors_are_dropped(member, r
         assert kept is None
     else:
         assert kept == f"GRANT {role} TO {member};"
+
+
+@given(app_names, st.sampled_from(["", " WITH INHERIT TRUE, SET FALSE"]))
+def test_postgresql_16_admin_grants_to_the_login_role_are_left_to_create_role(role, more):
+    admin = f"GRANT {role} TO postgres WITH ADMIN OPTION, INHERIT FALSE, SET FALSE GRANTED BY x;"
+    assert roles_statement(admin, frozenset()) is None
+    plain = f"GRANT {role} TO postgres{more} GRANTED BY supabase_admin;"
+    assert roles_statement(plain, frozenset()) == f"GRANT {role} TO postgres{more};"
+    other = f"GRANT {role} TO authenticator WITH ADMIN OPTION GRANTED BY postgres;"
+    assert (
+        roles_statement(other, frozenset()) == f"GRANT {role} TO authenticator WITH ADMIN OPTION;"
+    )
+
+
+def test_parameter_privileges_need_a_superuser_and_are_left_out():
+    for stmt in ("GRANT SET ON PARAMETER session_replication_role TO postgres;",
+                 "REVOKE ALL ON PARAMETER work_mem FROM PUBLIC;"):  # fmt: skip
+        assert roles_statement(stmt, frozenset()) is None
+
+
+def test_a_role_name_with_a_quote_does_not_start_a_string():
+    dump = (
+        b'CREATE ROLE "o\'brien";\nALTER ROLE "o\'brien" WITH NOSUPERUSER LOGIN;\n'
+        b"-- it's a comment\nCREATE ROLE app;\n"
+    )
+    f = SupabaseRoles(frozenset())
+    out = b"".join(f(c) for c in cut(dump, 5)) + f(b"")
+    assert out == (
+        b'CREATE ROLE "o\'brien";\nALTER ROLE "o\'brien" WITH LOGIN;\n'
+        b"-- it's a comment\nCREATE ROLE app;\n"
+    )
 
 
 def test_the_roles_transform_handles_strings_across_lines_and_chunks():
