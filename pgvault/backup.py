@@ -251,6 +251,7 @@ def _dump(
                     partial["schema"],
                     transform=plan.schema_transform(),
                     prologue=plan.schema_prologue(),
+                    trailer=plan.schema_trailer(),
                 ),
             }
             if naming.PLATFORM in partial:
@@ -298,10 +299,11 @@ def _report(ui: Reporter, result: BackupResult) -> None:
     ui.ok("Backup completed successfully!")
     ui.say("Files created:")
     total = 0
-    for kind in naming.SQL_KINDS:
+    for kind, path in result.files.items():
         size = int(result.manifest["files"][kind]["size"])
         total += size
-        ui.say(f"  - {result.files[kind].name} ({mb(size)})")
+        note = " (Supabase's own schema, for verify)" if kind == naming.PLATFORM else ""
+        ui.say(f"  - {path.name} ({mb(size)}){note}")
     ui.say(f"Total size: {mb(total)}")
     ui.say(f"Location: {result.directory}")
     if result.pruned is not None:

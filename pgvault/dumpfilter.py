@@ -17,7 +17,6 @@ _DUMP_END = b"-- PostgreSQL database dump complete"
 # Session settings pg_dump writes between entries; they belong to what follows, so they
 # stay even when the entry before them goes.
 _BETWEEN = (b"SET default_tablespace = ", b"SET default_table_access_method = ")
-_CREATE_ROUTINE = (b"CREATE FUNCTION ", b"CREATE PROCEDURE ", b"CREATE AGGREGATE ")
 
 
 @dataclass(frozen=True)
@@ -41,17 +40,16 @@ def parse_header(line: bytes) -> Entry | None:
 class EntryFilter:
     """Transform (chunk in, chunk out; b"" at the end) that drops the entries for which
     keep(entry) is false. What precedes the first entry and follows the last is kept.
-    For entries where or_replace(entry) holds, `CREATE FUNCTION` (procedure, aggregate)
-    becomes `CREATE OR REPLACE ...`, so that it can run where the object already exists."""
+    edit(entry, line), when given, may rewrite each line of a kept entry."""
 
     def __init__(
         self,
         keep: Callable[[Entry], bool],
-        or_replace: Callable[[Entry], bool] | None = None,
+        edit: Callable[[Entry, bytes], bytes] | None = None,
     ) -> None:
         self.keep = keep
-        self.or_replace = or_replace
-        self._replacing = False
+        self.edit = edit
+        self._entry: Entry | None = None
         self._keeping = True
         self._carry = b""
         self._dashes = False  # a lone `--` line is held until the next line says why
@@ -81,17 +79,19 @@ class EntryFilter:
             entry = parse_header(line) if line.startswith(b"-- Name: ") else None
             if entry is not None:
                 self._keeping = self.keep(entry)
-                self._replacing = self.or_replace is not None and self.or_replace(entry)
+                self._entry = entry
             elif line == _DUMP_END:
-                self._keeping, self._replacing = True, False
+                self._keeping, self._entry = True, None
             if self._keeping:
                 out.append(b"--")
         if line == b"--":
             self._dashes = True
             return
-        if self._replacing and line.startswith(_CREATE_ROUTINE):
-            line = b"CREATE OR REPLACE " + line.removeprefix(b"CREATE ")
-        if self._keeping or line.startswith(_BETWEEN):
+        if self._keeping:
+            if self.edit is not None and self._entry is not None:
+                line = self.edit(self._entry, line)
+            out.append(line)
+        elif line.startswith(_BETWEEN):
             out.append(line)
 
 

@@ -191,7 +191,7 @@ def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[Scratch]:
         create = create_database_sql(SCRATCH_DB, str(bset.manifest.get("encoding", "UTF8")))
         if plan.scope is not None:
             with supabase_standin(
-                programs, plan.scope, bset.files[naming.PLATFORM], psql, SCRATCH_DB, create,
+                programs, plan.scope, bset.files, psql, SCRATCH_DB, create,
                 _NO_WAL,
             ) as stand_in:  # fmt: skip
                 yield Scratch(

@@ -48,10 +48,13 @@ class Plan:
     def schema_transform(self) -> Transform | None:
         if self.scope is None:
             return None
-        return EntryFilter(supabase.app_entry(self.scope), supabase.or_replace(self.scope))
+        return EntryFilter(supabase.app_entry(self.scope), supabase.edit_app_entry(self.scope))
 
     def schema_prologue(self) -> bytes:
         return supabase.schema_prologue(self.scope) if self.scope is not None else b""
+
+    def schema_trailer(self) -> bytes:
+        return supabase.schema_trailer(self.scope) if self.scope is not None else b""
 
     def platform_transform(self) -> Transform:
         assert self.scope is not None

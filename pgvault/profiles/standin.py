@@ -20,6 +20,7 @@ from psycopg import sql
 from pgvault import clients, pipeline
 from pgvault.cluster import throwaway
 from pgvault.connection import Conn, connect
+from pgvault.naming import PLATFORM
 from pgvault.profiles.supabase import LOGIN_ROLE, SupabaseScope
 
 BOOTSTRAP = "supabase_admin"
@@ -45,14 +46,15 @@ def role_sql(name: str, attrs: dict[str, bool]) -> sql.Composed:
 def supabase_standin(
     programs: clients.Programs,
     scope: SupabaseScope,
-    platform_file: Path,
+    files: dict[str, Path],
     psql: str,
     dbname: str,
     create_database: sql.Composed,
     settings: dict[str, str],
 ) -> Iterator[StandIn]:
     """A throwaway cluster with database dbname shaped like the backup's Supabase one.
-    create_database is the CREATE DATABASE statement (the source's encoding)."""
+    files are the set's; create_database is the CREATE DATABASE statement (the source's
+    encoding). The set's app roles are made first: Supabase's objects grant them rights."""
     with throwaway(programs, settings=settings, superuser=BOOTSTRAP) as cluster:
         with connect(cluster.conn(), autocommit=True) as pg:
             for name, attrs in sorted(scope.platform_roles.items()):
@@ -80,7 +82,8 @@ def supabase_standin(
             )
         admin = cluster.conn(dbname)
         stand_in = StandIn(cluster.conn(dbname, user=LOGIN_ROLE), admin)
-        _load_platform(admin, psql, platform_file, stand_in)
+        _load(admin, psql, files["roles"], stand_in, "the app's roles")
+        _load(admin, psql, files[PLATFORM], stand_in, "Supabase's own schema")
         with connect(admin, autocommit=True) as pg:
             available = {str(r[0]) for r in pg.execute(
                 "SELECT name FROM pg_catalog.pg_available_extensions").fetchall()}  # fmt: skip
@@ -102,18 +105,10 @@ def supabase_standin(
         yield stand_in
 
 
-def _load_platform(admin: Conn, psql: str, platform_file: Path, stand_in: StandIn) -> None:
-    """Load Supabase's own definitions as the superuser, statement by statement: what
-    needs an extension this server lacks fails alone, and is named in the verdict."""
-    argv = [
-        psql,
-        "-X",
-        "-q",
-        "--no-password",
-        f"--dbname={admin.conninfo}",
-        "-f",
-        str(platform_file),
-    ]
+def _load(admin: Conn, psql: str, path: Path, stand_in: StandIn, what: str) -> None:
+    """Load a file as the superuser, statement by statement: what needs an extension this
+    server lacks fails alone, and is named in the verdict."""
+    argv = [psql, "-X", "-q", "--no-password", f"--dbname={admin.conninfo}", "-f", str(path)]
     with pipeline.stages() as running:
         stage = pipeline.Stage(argv, admin.env())
         running.append(stage)
@@ -123,6 +118,6 @@ def _load_platform(admin: Conn, psql: str, platform_file: Path, stand_in: StandI
     if errors:
         first = errors[0].split("ERROR:", 1)[1].strip()
         stand_in.notes.append(
-            f"{len(errors)} statement(s) of Supabase's own schema did not load on this "
-            f"server (first: {first}); the app's objects that need them were not checked"
+            f"{len(errors)} statement(s) of {what} did not load on this server (first: "
+            f"{first}); the app's objects that need them were not checked"
         )

@@ -11,6 +11,7 @@ settings), plus what the CLI loses: the app's objects in or on managed schemas.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,12 @@ BOOKKEEPING_TABLES = (
     "storage.migrations",
     "supabase_functions.migrations",
 )
+# Supabase's own functions that postgres may own in its schemas (never the app's).
+SUPABASE_FUNCTIONS = (
+    "extensions.grant_pg_cron_access", "extensions.grant_pg_graphql_access",
+    "extensions.grant_pg_net_access", "extensions.pgrst_ddl_watch", "extensions.pgrst_drop_watch",
+    "extensions.set_graphql_placeholder", "pgbouncer.get_auth",
+)  # fmt: skip
 # Realtime's publications are Supabase's; the app only adds its tables to them.
 _PLATFORM_PUBLICATION_RE = re.compile(r"supabase_realtime.*")
 
@@ -79,6 +86,12 @@ class SupabaseScope:
     memberships: tuple[tuple[str, str], ...] = ()
     # The app's triggers and policies on managed tables: (type, schema, pg_dump tag).
     app_entries: tuple[tuple[str, str, str], ...] = ()
+    # The app's functions in managed schemas: (schema, name).
+    app_functions: tuple[tuple[str, str], ...] = ()
+    # What the app's roles were granted on Supabase's objects, as GRANT statements.
+    app_grants: tuple[str, ...] = ()
+    # Supabase's tables in the app's schemas ("schema.table"): not the app's data.
+    platform_tables: tuple[str, ...] = ()
     # Every extension, by schema: verify names those its server lacks.
     extensions: dict[str, str] = field(default_factory=dict)
 
@@ -96,6 +109,9 @@ class SupabaseScope:
             "platform_roles": self.platform_roles,
             "memberships": [list(m) for m in self.memberships],
             "app_objects_in_managed_schemas": [list(e) for e in self.app_entries],
+            "app_functions_in_managed_schemas": [list(f) for f in self.app_functions],
+            "app_grants_on_managed_objects": list(self.app_grants),
+            "platform_tables_in_app_schemas": list(self.platform_tables),
             "extensions": self.extensions,
         }
 
@@ -110,6 +126,11 @@ class SupabaseScope:
             app_entries=tuple(
                 (str(a), str(b), str(c)) for a, b, c in m.get("app_objects_in_managed_schemas", ())
             ),
+            app_functions=tuple(
+                (str(a), str(b)) for a, b in m.get("app_functions_in_managed_schemas", ())
+            ),
+            app_grants=tuple(str(g) for g in m.get("app_grants_on_managed_objects", ())),
+            platform_tables=tuple(str(t) for t in m.get("platform_tables_in_app_schemas", ())),
             extensions={str(k): str(v) for k, v in m.get("extensions", {}).items()},
         )
 
@@ -118,78 +139,99 @@ _ROLES = """SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, ro
     rolreplication, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_'"""
 _MEMBERSHIPS = """SELECT r.rolname, m.rolname FROM pg_catalog.pg_auth_members a
     JOIN pg_catalog.pg_roles r ON r.oid = a.roleid JOIN pg_catalog.pg_roles m ON m.oid = a.member"""
-_MANAGED = """SELECT n.nspname FROM pg_catalog.pg_namespace n
-    JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
-    WHERE n.nspname <> 'public' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname !~ '^pg_'
-      AND (n.nspname = ANY(%(listed)s) OR n.nspname ~ %(pattern)s OR r.rolname = ANY(%(platform)s)
-           OR EXISTS (SELECT FROM pg_catalog.pg_depend d
-                      WHERE d.classid = 'pg_catalog.pg_namespace'::regclass
-                        AND d.objid = n.oid AND d.deptype = 'e'))
-    ORDER BY 1"""
-# Triggers on managed tables that call a function of the app's (Supabase's own call its
-# own functions), and every policy there: Supabase ships none.
-_APP_ENTRIES = """
-SELECT 'TRIGGER', n.nspname, c.relname || ' ' || t.tgname
-FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid JOIN pg_catalog.pg_roles o ON o.oid = p.proowner
-WHERE NOT t.tgisinternal AND n.nspname = ANY(%(managed)s) AND NOT o.rolname = ANY(%(platform)s)
-UNION ALL
-SELECT 'POLICY', n.nspname, c.relname || ' ' || p.polname
-FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = ANY(%(managed)s)
-ORDER BY 1, 2, 3"""
 
 
 def read_scope(pg: psycopg.Connection[Any]) -> SupabaseScope:
     """Given a connection inside the backup's snapshot, decide what is whose."""
-    roles = {}
-    for name, *attrs in pg.execute(_ROLES).fetchall():
-        if is_reserved(str(name)):
-            keys = ("superuser", "inherit", "createrole", "createdb", "login", "replication",
-                    "bypassrls")  # fmt: skip
-            roles[str(name)] = dict(zip(keys, (bool(a) for a in attrs), strict=True))
-    platform = sorted(r for r in roles if r != LOGIN_ROLE)
+    keys = ("superuser", "inherit", "createrole", "createdb", "login", "replication", "bypassrls")
+    roles = {
+        str(name): dict(zip(keys, (bool(a) for a in attrs), strict=True))
+        for name, *attrs in pg.execute(_ROLES).fetchall()
+        if is_reserved(str(name))
+    }
     memberships = tuple(
         (str(role), str(member))
         for role, member in pg.execute(_MEMBERSHIPS).fetchall()
         if str(member) in roles and (str(role) in roles or str(role).startswith("pg_"))
     )
-    managed = tuple(
-        str(r[0])
-        for r in pg.execute(
-            _MANAGED,
-            {"listed": list(MANAGED_SCHEMAS), "pattern": _MANAGED_RE, "platform": platform},
-        ).fetchall()
-    )
-    entries = tuple(
-        (str(a), str(b), str(c))
-        for a, b, c in pg.execute(
-            _APP_ENTRIES, {"managed": list(managed), "platform": platform}
-        ).fetchall()
-    )
-    row = pg.execute(
-        "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database"
-        " WHERE datname = pg_catalog.current_database()"
-    ).fetchone()
-    extensions = {
-        str(name): str(schema)
-        for name, schema in pg.execute(
-            "SELECT e.extname, n.nspname FROM pg_catalog.pg_extension e"
-            " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace ORDER BY 1"
-        ).fetchall()
-    }
+    platform = _oids(_one(pg, rule("platform")))
+    managed = tuple(str(n) for n in _one(pg, rule("managed", platform)))
+    where = (platform, _array(managed))
+    entries = [("TRIGGER", a, f"{b} {c}") for a, b, c in pg.execute(rule("triggers", *where))]
+    entries += [("POLICY", a, f"{b} {c}") for a, b, c in pg.execute(rule("policies", *where))]
+    functions = tuple((str(a), str(b)) for a, b, _, _ in pg.execute(rule("functions", *where)))
+    grants = tuple(_grant(*g) for g in pg.execute(rule("grants", *where)))
+    tables = tuple(f"{a}.{b}" for a, b in pg.execute(rule("platform_tables", *where)))
+    owner = _one(pg, "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database"
+                     " WHERE datname = pg_catalog.current_database()")  # fmt: skip
+    extensions = pg.execute(
+        "SELECT e.extname, n.nspname FROM pg_catalog.pg_extension e"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace ORDER BY 1"
+    ).fetchall()
     return SupabaseScope(
-        extensions=extensions,
         managed=managed,
         data_schemas=tuple(s for s in DATA_SCHEMAS if s in managed),
-        database_owner=str(row[0]) if row else LOGIN_ROLE,
+        database_owner=str(owner),
         platform_roles=roles,
         memberships=memberships,
-        app_entries=entries,
+        app_entries=tuple((str(a), str(b), str(c)) for a, b, c in entries),
+        app_functions=functions,
+        app_grants=grants,
+        platform_tables=tables,
+        extensions={str(name): str(schema) for name, schema in extensions},
     )
+
+
+def _one(pg: psycopg.Connection[Any], query: str) -> Any:
+    row = pg.execute(query).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _oids(oids: list[int]) -> str:
+    return "ARRAY[" + ", ".join(str(int(o)) for o in oids) + "]::oid[]"
+
+
+def _grant(kind: str, schema: str, name: str | None, role: str, priv: str, grantable: bool) -> str:
+    target = _ident(schema) if name is None else f"{_ident(schema)}.{_ident(name)}"
+    option = " WITH GRANT OPTION" if grantable else ""
+    return f"GRANT {priv} ON {kind} {target} TO {_ident(role)}{option};"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+_RULES_FILE = Path(__file__).with_name("supabase_rules.sql")
+
+
+@functools.cache
+def _rules() -> dict[str, str]:
+    """supabase_rules.sql, one query per `-- @rule NAME:` comment."""
+    out: dict[str, str] = {}
+    for part in _RULES_FILE.read_text().split("-- @rule ")[1:]:
+        name, _, body = part.partition(":")
+        lines = [ln for ln in body.splitlines()[1:] if not ln.startswith("--")]
+        out[name] = "\n".join(lines).strip()
+    return out
+
+
+def rule(name: str, platform: str = "'{}'::oid[]", managed: str = "'{}'::text[]") -> str:
+    """The query of one rule, for the given platform roles (an oid[] expression) and
+    managed schemas (a text[] expression)."""
+    subst = {
+        "@PLATFORM@": platform,
+        "@MANAGED@": managed,
+        "@RESERVED@": _array(sorted(_RESERVED)),
+        "@RESERVED_RE@": _literal("^(" + _RESERVED_RE.pattern + ")$"),
+        "@LISTED@": _array(MANAGED_SCHEMAS),
+        "@LISTED_RE@": _literal(_MANAGED_RE),
+        "@SUPABASE_FUNCTIONS@": _array(SUPABASE_FUNCTIONS),
+    }
+    query = _rules()[name]
+    for key, value in subst.items():
+        query = query.replace(key, value)
+    return query
 
 
 # --- the schema file and the platform file ---------------------------------------------
@@ -208,13 +250,19 @@ def _on_managed_schema(scope: SupabaseScope, e: Entry) -> bool:
 
 
 def _app_function(scope: SupabaseScope, e: Entry) -> bool:
-    """The app's own function in a managed schema (say, extensions): kept, as CREATE OR
-    REPLACE, never dropped (Supabase's event triggers may call functions there)."""
+    """The app's own function in a managed schema (say, extensions), its ACL or comment."""
     if e.owner in scope.platform_owners or e.owner in ("", "-"):
         return False
-    return e.type in _FUNCTION_TYPES or (
-        e.type in ("ACL", "COMMENT") and e.name.split(" ")[0] in _FUNCTION_TYPES
-    )
+    if e.type in _FUNCTION_TYPES:
+        name = e.name
+    elif e.type in ("ACL", "COMMENT") and e.name.split(" ")[0] in _FUNCTION_TYPES:
+        name = e.name.partition(" ")[2]
+    else:
+        return False
+    proname = name.partition("(")[0]
+    if proname.startswith('"'):
+        proname = proname[1:-1].replace('""', '"')
+    return (e.schema, proname) in scope.app_functions
 
 
 def app_entry(scope: SupabaseScope) -> Callable[[Entry], bool]:
@@ -250,14 +298,47 @@ def platform_entry(scope: SupabaseScope) -> Callable[[Entry], bool]:
             return False
         if e.type == "PUBLICATION" and _PLATFORM_PUBLICATION_RE.fullmatch(e.name):
             return True  # the app adds its tables to it
-        return _on_managed_schema(scope, e) or (e.schema in scope.managed and not app(e))
+        if _on_managed_schema(scope, e):
+            return True
+        # What is in Supabase's schemas, and what its roles own elsewhere (event triggers,
+        # grants on foreign data wrappers, default privileges).
+        return (e.schema in scope.managed or e.owner in scope.platform_owners) and not app(e)
 
     return keep
 
 
-def or_replace(scope: SupabaseScope) -> Callable[[Entry], bool]:
-    """Entries whose CREATE FUNCTION becomes CREATE OR REPLACE FUNCTION."""
-    return lambda e: e.schema in scope.managed and e.type in _FUNCTION_TYPES
+# Extensions that make their own schema: `WITH SCHEMA` would name one a fresh database
+# lacks (as the Supabase CLI, leave it out).
+_OWN_SCHEMA_EXTENSIONS = frozenset({"pgmq", "pgsodium", "pg_tle"})
+_WITH_SCHEMA = re.compile(rb" WITH SCHEMA [^;]+;$")
+
+
+def edit_app_entry(scope: SupabaseScope) -> Callable[[Entry, bytes], bytes]:
+    """Line edits for the schema file: the app's functions in managed schemas as CREATE OR
+    REPLACE (a plain psql restore may meet them), and no WITH SCHEMA for extensions that
+    make their own schema."""
+
+    def edit(e: Entry, line: bytes) -> bytes:
+        if (
+            e.type in _FUNCTION_TYPES
+            and e.schema in scope.managed
+            and line.startswith((b"CREATE FUNCTION ", b"CREATE PROCEDURE ", b"CREATE AGGREGATE "))
+        ):
+            return b"CREATE OR REPLACE " + line.removeprefix(b"CREATE ")
+        if e.type == "EXTENSION" and e.name in _OWN_SCHEMA_EXTENSIONS:
+            return _WITH_SCHEMA.sub(b";", line)
+        return line
+
+    return edit
+
+
+def schema_trailer(scope: SupabaseScope) -> bytes:
+    """The app's roles' grants on Supabase's objects, after the schema file's post-data:
+    pg_dump writes an object's grants as one entry, Supabase's and the app's together."""
+    if not scope.app_grants:
+        return b""
+    head = "\n-- pgvault: what the app's roles were granted on Supabase's objects\n"
+    return (head + "\n".join(scope.app_grants) + "\n").encode()
 
 
 # What a fresh Supabase grants by default in public and the backup may not: the schema file
@@ -291,6 +372,9 @@ def data_args(scope: SupabaseScope) -> list[str]:
         schema, name = table.split(".")
         if schema in scope.data_schemas:
             args.append(f"--exclude-table-data={pattern_literal(schema)}.{pattern_literal(name)}")
+    for table in scope.platform_tables:
+        schema, _, name = table.partition(".")
+        args.append(f"--exclude-table-data={pattern_literal(schema)}.{pattern_literal(name)}")
     return args
 
 
@@ -318,15 +402,13 @@ def wipe_sql(scope: SupabaseScope) -> str:
     """The restore's wipe for a Supabase database, run as postgres inside the restore's
     transaction: everything the app owns goes, Supabase's own stays. What is Supabase's
     is decided again in the target, by the rules the backup used."""
+    sql = _WIPE.read_text()
+    for name in _rules():
+        sql = sql.replace(f"@RULE_{name}@", rule(name, "platform", "managed"))
     subst = {
-        "@RESERVED@": _array(sorted(_RESERVED)),
-        "@RESERVED_RE@": _literal("^(" + _RESERVED_RE.pattern + ")$"),
-        "@MANAGED@": _array(sorted(set(MANAGED_SCHEMAS) | set(scope.managed))),
-        "@MANAGED_RE@": _literal(_MANAGED_RE),
         "@DATA@": _array(scope.data_schemas),
         "@BOOKKEEPING@": _array(BOOKKEEPING_TABLES),
     }
-    sql = _WIPE.read_text()
     for key, value in subst.items():
         sql = sql.replace(key, value)
     return sql

@@ -147,6 +147,18 @@ def test_the_schema_file_holds_the_apps_objects_and_not_supabases(crm_set):
         "auth.uid() RETURNS",
     ):
         assert gone not in schema, gone  # fmt: skip
+    # The app's function in Supabase's extensions schema, its webhook on uploads, its
+    # foreign server, and its role's grants on Supabase's objects; not Supabase's function
+    # that postgres happens to own.
+    assert "CREATE OR REPLACE FUNCTION extensions.crm_slug(value text)" in schema
+    assert "CREATE TRIGGER attachment_uploaded AFTER INSERT ON storage.objects" in schema
+    assert "CREATE SERVER crm_archive FOREIGN DATA WRAPPER postgres_fdw" in schema
+    assert 'GRANT SELECT ON TABLE "auth"."users" TO "crm_reporting";' in schema
+    assert 'GRANT USAGE ON SCHEMA "storage" TO "crm_reporting";' in schema
+    assert "grant_pg_cron_access" not in schema
+    # Nothing only the owner of Supabase's tables may do.
+    assert not re.search(r"^ALTER TABLE (ONLY )?(auth|storage)\.", schema, re.M)
+    assert not re.search(r"^COMMENT ON .*(auth|storage)\.", schema, re.M)
     platform = crm_set.text(naming.PLATFORM)
     assert "CREATE TABLE auth.users" in platform
     assert "on_auth_user_created" not in platform and "public.sales" not in platform
@@ -186,6 +198,15 @@ def test_restore_into_the_same_database_after_changes(sb, tmp_path):
         )
         pg.execute("CREATE SCHEMA reports")
         pg.execute("INSERT INTO storage.objects (bucket_id, name) VALUES ('attachments', 'x')")
+        pg.execute("DROP FUNCTION extensions.crm_slug(text)")
+        pg.execute("CREATE FUNCTION extensions.crm_slug(value text) RETURNS int LANGUAGE sql"
+                   " AS 'SELECT 1'")  # fmt: skip
+        pg.execute("REVOKE SELECT ON auth.users FROM crm_reporting")
+        pg.execute("GRANT UPDATE ON storage.objects TO crm_reporting")
+        pg.execute("DROP SERVER crm_archive")
+        pg.execute("CREATE SERVER crm_archive FOREIGN DATA WRAPPER postgres_fdw")
+        pg.execute("CREATE SERVER stale FOREIGN DATA WRAPPER postgres_fdw")
+        pg.execute("DROP TRIGGER attachment_uploaded ON storage.objects")
     sign_up(db, "late@example.com", "Late")
     assert diff(bset.fingerprint, fingerprint(db)) != []
     res = restore(db, bset)
@@ -214,6 +235,28 @@ def test_a_failed_restore_leaves_the_target_exactly_as_it_was(sb, crm_set):
     line = one_line_error(res)
     assert "restore failed" in line and "is_anonymous" in line
     assert diff(before, fingerprint(target)) == []
+
+
+def test_a_wipe_that_fails_leaves_the_target_exactly_as_it_was(sb, crm_set):
+    """A schema of a role postgres cannot act for: the wipe fails half-way through."""
+    target = new_database(sb, APP_TEMPLATE)
+    sign_up(target, "kept@example.com", "Kept")
+    role = f"outsider_{target.params['dbname']}"
+    with connect(admin(target), autocommit=True) as pg:
+        pg.execute(f"CREATE ROLE {role}")
+        pg.execute(f"CREATE SCHEMA outsider AUTHORIZATION {role}")
+        pg.execute(
+            f"CREATE TABLE outsider.notes (id int); ALTER TABLE outsider.notes OWNER TO {role}"
+        )
+    try:
+        before = fingerprint(target)
+        res = restore(target, crm_set, "restore.safety_backup=false")
+        line = one_line_error(res)
+        assert "restore failed" in line and "outsider" in line
+        assert diff(before, fingerprint(target)) == []
+    finally:
+        with connect(admin(target), autocommit=True) as pg:
+            pg.execute(f"DROP SCHEMA outsider CASCADE; DROP ROLE {role}")
 
 
 def test_a_supabase_set_is_not_restored_into_a_plain_database(pg_cluster, crm_set):

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from pgvault.dumpfilter import Entry, EntryFilter, parse_header
 from pgvault.profiles import Plan
-from pgvault.profiles.supabase import SupabaseScope, app_entry, data_args, is_reserved
+from pgvault.profiles.supabase import (
+    SupabaseScope,
+    app_entry,
+    data_args,
+    edit_app_entry,
+    is_reserved,
+)
 from pgvault.profiles.supabase_roles import SupabaseRoles, roles_statement
 
 
@@ -159,14 +165,18 @@ def test_the_entry_filter_keeps_exactly_the_chosen_entries_however_cut(items, si
     assert out == want
 
 
-def test_or_replace_rewrites_only_the_chosen_entries():
+def test_edits_reach_only_the_lines_of_their_entries():
     dump = render("f()", "FUNCTION", "extensions", "postgres") + render(
         "g()", "FUNCTION", "public", "postgres"
     )
-    f = EntryFilter(lambda e: True, lambda e: e.schema == "extensions")
+    f = EntryFilter(lambda e: True, edit_app_entry(SCOPE))
     out = f(dump) + f(b"")
     assert b"CREATE OR REPLACE FUNCTION extensions.f();" in out
     assert b"CREATE FUNCTION public.g();" in out
+    ext = b"--\n-- Name: pgmq; Type: EXTENSION; Schema: -; Owner: -\n--\n\n"
+    ext += b"CREATE EXTENSION IF NOT EXISTS pgmq WITH SCHEMA pgmq;\n"
+    f = EntryFilter(lambda e: True, edit_app_entry(SCOPE))
+    assert b"CREATE EXTENSION IF NOT EXISTS pgmq;\n" in f(ext) + f(b"")
 
 
 def test_headers_parse_with_spaces_and_semicolons_in_names():
@@ -183,6 +193,7 @@ SCOPE = SupabaseScope(
     platform_roles={"postgres": {"superuser": False}, "supabase_admin": {"superuser": True},
                     "supabase_auth_admin": {"superuser": False}},
     app_entries=(("TRIGGER", "auth", "users on_signup"), ("POLICY", "storage", "objects p")),
+    app_functions=(("extensions", "slug"),),
 )  # fmt: skip
 
 
@@ -193,6 +204,8 @@ def test_app_entries_in_and_on_managed_schemas():
     assert not keep(Entry("users other", "TRIGGER", "auth", "supabase_auth_admin"))
     assert not keep(Entry("users", "TABLE", "auth", "supabase_auth_admin"))
     assert keep(Entry("slug(text)", "FUNCTION", "extensions", "postgres"))
+    assert keep(Entry("FUNCTION slug(value text)", "ACL", "extensions", "postgres"))
+    assert not keep(Entry("grant_pg_cron_access()", "FUNCTION", "extensions", "postgres"))
     assert not keep(Entry("pgrst_watch()", "FUNCTION", "extensions", "supabase_admin"))
     assert not keep(Entry("auth", "SCHEMA", "-", "supabase_admin"))
     assert not keep(Entry("SCHEMA auth", "ACL", "-", "supabase_admin"))

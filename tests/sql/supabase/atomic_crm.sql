@@ -122,6 +122,15 @@ CREATE POLICY "Attachments 1mt4rzk_1" ON storage.objects
 CREATE POLICY "Attachments 1mt4rzk_3" ON storage.objects
     FOR DELETE TO authenticated USING (bucket_id = 'attachments');
 
+-- A helper of the app's own in Supabase's extensions schema, a database webhook on
+-- uploads, and a foreign server for an archive.
+CREATE FUNCTION extensions.crm_slug(value text) RETURNS text LANGUAGE sql IMMUTABLE AS
+    $$ SELECT lower(regexp_replace(value, '[^a-zA-Z0-9]+', '-', 'g')) $$;
+CREATE TRIGGER attachment_uploaded AFTER INSERT ON storage.objects FOR EACH ROW
+    EXECUTE FUNCTION supabase_functions.http_request('http://localhost:3000/hook', 'POST');
+CREATE SERVER crm_archive FOREIGN DATA WRAPPER postgres_fdw
+    OPTIONS (host 'archive.internal', dbname 'archive');
+
 GRANT ALL ON ALL TABLES IN SCHEMA public TO anon, authenticated, service_role;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO anon, authenticated, service_role;
 -- Unlike a fresh Supabase: new functions are not executable by anon.
@@ -132,4 +141,6 @@ ALTER PUBLICATION supabase_realtime ADD TABLE public.tasks;
 CREATE ROLE crm_reporting LOGIN PASSWORD 'reporting-secret';
 GRANT SELECT ON public.companies_summary TO crm_reporting;
 GRANT crm_reporting TO authenticator;
+GRANT SELECT ON auth.users TO crm_reporting;
+GRANT USAGE ON SCHEMA storage TO crm_reporting;
 ALTER ROLE crm_reporting SET statement_timeout = '30s';

@@ -106,6 +106,7 @@ ALTER DEFAULT PRIVILEGES FOR ROLE supabase_auth_admin IN SCHEMA auth
 CREATE SCHEMA storage AUTHORIZATION supabase_admin;
 GRANT USAGE ON SCHEMA storage TO postgres, anon, authenticated, service_role;
 GRANT ALL ON SCHEMA storage TO supabase_storage_admin;
+GRANT USAGE ON SCHEMA storage TO postgres WITH GRANT OPTION;
 SET ROLE supabase_storage_admin;
 CREATE TABLE storage.buckets (
     id text NOT NULL PRIMARY KEY,
@@ -194,6 +195,7 @@ CREATE FUNCTION graphql_public.graphql(query text DEFAULT NULL, variables jsonb 
     RETURNS jsonb LANGUAGE sql AS $$ SELECT '{"errors": []}'::jsonb $$;
 CREATE SCHEMA supabase_functions AUTHORIZATION supabase_admin;
 GRANT USAGE ON SCHEMA supabase_functions TO postgres, anon, authenticated, service_role;
+GRANT ALL ON SCHEMA supabase_functions TO supabase_functions_admin;
 CREATE TABLE supabase_functions.migrations (
     version text PRIMARY KEY,
     inserted_at timestamptz NOT NULL DEFAULT now()
@@ -209,6 +211,14 @@ CREATE TABLE supabase_functions.hooks (
 ALTER TABLE supabase_functions.migrations OWNER TO supabase_functions_admin;
 ALTER TABLE supabase_functions.hooks OWNER TO supabase_functions_admin;
 ALTER SEQUENCE supabase_functions.hooks_id_seq OWNER TO supabase_functions_admin;
+-- Database webhooks: a trigger function owned by Supabase (here it records, not sends).
+CREATE FUNCTION supabase_functions.http_request() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER AS $$
+BEGIN
+    INSERT INTO supabase_functions.hooks (hook_table_id, hook_name) VALUES (TG_RELID, TG_NAME);
+    RETURN NEW;
+END $$;
+ALTER FUNCTION supabase_functions.http_request() OWNER TO supabase_functions_admin;
 CREATE SCHEMA _realtime AUTHORIZATION postgres;
 CREATE SCHEMA pgbouncer AUTHORIZATION pgbouncer;
 CREATE FUNCTION pgbouncer.get_auth(p_usename text) RETURNS TABLE(username name, password text)
@@ -238,7 +248,18 @@ BEGIN
     NOTIFY pgrst, 'reload schema';
 END $$;
 CREATE EVENT TRIGGER pgrst_ddl_watch ON ddl_command_end EXECUTE FUNCTION extensions.pgrst_ddl_watch();
+-- One of Supabase's own functions that postgres owns, called by an event trigger.
+CREATE FUNCTION extensions.grant_pg_cron_access() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+END $$;
+ALTER FUNCTION extensions.grant_pg_cron_access() OWNER TO postgres;
+CREATE EVENT TRIGGER issue_pg_cron_access ON ddl_command_end WHEN TAG IN ('CREATE EXTENSION')
+    EXECUTE FUNCTION extensions.grant_pg_cron_access();
 CREATE EVENT TRIGGER pgrst_drop_watch ON sql_drop EXECUTE FUNCTION extensions.pgrst_drop_watch();
+
+-- Foreign data wrappers (Supabase Wrappers): the superuser installs, postgres uses.
+CREATE EXTENSION postgres_fdw WITH SCHEMA extensions;
+GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO postgres;
 
 -- Realtime's publication, created (and so owned) by postgres.
 CREATE PUBLICATION supabase_realtime;
