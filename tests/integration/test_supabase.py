@@ -23,7 +23,7 @@ from pgvault.cluster import Cluster
 from pgvault.connection import Conn, connect
 from tests.conftest import one_line_error, pgvault_env, plain_psql_restore, run_pgvault
 from tests.fidelity import diff
-from tests.integration.test_restore import full_fingerprint
+from tests.integration.test_restore import SourceSet, full_fingerprint
 from tests.supabase import (
     APP_TEMPLATE,
     SUPERUSER,
@@ -58,12 +58,10 @@ def fingerprint(conn: Conn) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class SupabaseSet:
-    directory: Path
-    prefix: str
-    manifest: dict[str, Any]
-    fingerprint: dict[str, Any]
-    stdout: str
+class SupabaseSet(SourceSet):
+    """A set as test_restore's, with what the backup printed."""
+
+    stdout: str = ""
 
     def file(self, kind: str) -> Path:
         return self.directory / self.manifest["files"][kind]["name"]
