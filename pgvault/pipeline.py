@@ -205,6 +205,10 @@ class _Sink:
         try:
             self.comp.proc.stdin.write(chunk)
         except BrokenPipeError:
+            # The pump thread records its error before it kills the compressor: a full
+            # disk says "File too large", not "zstd killed by signal 9".
+            if self.errors:
+                raise self.errors[0] from None
             self.comp.check()  # the compressor died: its exit status says why
             raise
 
