@@ -22,7 +22,7 @@ from psycopg import sql
 
 from pgvault import catalog, clients, load, naming, pipeline, restore
 from pgvault.cluster import server_programs, throwaway
-from pgvault.config import PgvaultConfig
+from pgvault.config import PgvaultConfig, Profile
 from pgvault.connection import Conn, conn_from_url, connect
 from pgvault.dumpstream import CopyStats
 from pgvault.errors import ConfigError, NotFound, PgvaultError, VerifyMismatch
@@ -54,7 +54,7 @@ class VerifyResult:
     server_version: str = ""
     duration_s: float = 0.0
     restored: bool = True  # False: the restore failed; tables come from the data file
-    profile: str = "plain"
+    profile: str = Profile.plain.value
     # What this server could not check (say, an extension it lacks); not a failure.
     unchecked: list[str] = field(default_factory=list)
 
@@ -314,10 +314,8 @@ def write_record(ui: Reporter, directory: Path, result: VerifyResult) -> None:
 
 
 def report(ui: Reporter, result: VerifyResult) -> None:
-    where = (
-        "a Supabase-shaped cluster, as postgres" if result.profile == "supabase" else "PostgreSQL"
-    )
-    ui.say(f"{result.prefix} (profile {result.profile}, restored on {where} "
+    how = " as postgres, in a Supabase-shaped cluster" if result.profile == "supabase" else ""
+    ui.say(f"{result.prefix} (profile {result.profile}, restored{how} on PostgreSQL "
            f"{result.server_version}):")  # fmt: skip
     for t in result.tables:
         mark = "✓" if t.ok else "✗"

@@ -31,11 +31,6 @@ class Plan:
     scope: supabase.SupabaseScope | None = None
 
     @property
-    def platform_file(self) -> bool:
-        """Whether the set carries the platform's definitions for verify."""
-        return self.scope is not None
-
-    @property
     def platform_schemas(self) -> tuple[str, ...]:
         return self.scope.managed if self.scope is not None else ()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -322,6 +323,24 @@ def test_a_stopped_supabase_gets_the_seeds_message(tmp_path):
         "(start it with `supabase start`)"
     )
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("limit_kib", [4, 12, 20])
+def test_a_full_disk_leaves_no_file_of_a_supabase_set(crm, tmp_path, limit_kib):
+    """The disk fills while the four files are written (the platform file among them): no
+    file of the set stays, partial or not."""
+    directory = tmp_path / "backups"
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kib << 10, limit_kib << 10))
+
+    res = run_pgvault(
+        "backup", f"dir={directory}", f"target.url={url(crm)}", env=pgvault_env(),
+        preexec_fn=small_disk,
+    )  # fmt: skip
+    line = one_line_error(res)
+    assert "cannot write the backup" in line and "File too large" in line
+    assert [p.name for p in directory.iterdir() if p.name.startswith("backup-")] == []
 
 
 def test_profile_supabase_on_a_plain_database_is_refused(feature_db, tmp_path):
