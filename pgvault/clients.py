@@ -6,15 +6,16 @@ appears in it: libpq reads it from the environment).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgvault import execute
 from pgvault.errors import ClientProgramError, ServerError
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+((\d+)(?:\.\d+)*)")
@@ -34,14 +35,14 @@ def parse_version(text: str) -> tuple[int, str]:
 def program_version(path: str) -> tuple[int, str]:
     """Return (major, version) of a PostgreSQL program by asking it."""
     try:
-        out = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-        return parse_version(out)
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
-        raise ClientProgramError(
-            f"cannot run {path} --version: {e}", "check the PostgreSQL installation"
-        ) from None
+        return parse_version(execute.run([path, "--version"], timeout=30).stdout)
+    except ClientProgramError as e:
+        why = e.what
+    except ValueError as e:
+        why = str(e)
+    raise ClientProgramError(
+        f"cannot run {path} --version: {why}", "check the PostgreSQL installation"
+    )
 
 
 def candidate_bindirs(configured: str | None) -> list[Path]:
@@ -59,14 +60,10 @@ def candidate_bindirs(configured: str | None) -> list[Path]:
         dirs.extend(Path(p) for p in glob.glob(pattern))
     pg_config = shutil.which("pg_config")
     if pg_config:
-        try:
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=30
-            ).stdout.strip()
+        with contextlib.suppress(ClientProgramError):
+            out = execute.run([pg_config, "--bindir"], timeout=30, check=False).stdout.strip()
             if out:
                 dirs.append(Path(out))
-        except (OSError, subprocess.SubprocessError):
-            pass
     dirs.extend(Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p)
     seen: set[Path] = set()
     unique = []

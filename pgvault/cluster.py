@@ -14,14 +14,13 @@ import shutil
 import signal
 import socket
 import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgvault import clients
+from pgvault import clients, execute
 from pgvault.connection import Conn
 from pgvault.errors import ClientProgramError, ServerError
 
@@ -43,10 +42,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run_as() -> tuple[dict[str, object], int | None, int | None]:
-    """Popen keyword arguments that drop root to `postgres`, and that user's ids."""
+def _run_as() -> tuple[int | None, int | None]:
+    """The (uid, gid) of `postgres` that root drops to; (None, None) when not root."""
     if os.geteuid() != 0:
-        return {}, None, None
+        return None, None
     try:
         pw = pwd.getpwnam("postgres")
     except KeyError:
@@ -54,8 +53,7 @@ def _run_as() -> tuple[dict[str, object], int | None, int | None]:
             "running as root and there is no `postgres` user to run the server as",
             "create one with `useradd postgres`, or run pgvault as an ordinary user",
         ) from None
-    kwargs: dict[str, object] = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    return kwargs, pw.pw_uid, pw.pw_gid
+    return pw.pw_uid, pw.pw_gid
 
 
 @dataclass
@@ -93,32 +91,22 @@ class Cluster:
         return f"postgresql://{user or self.superuser}@127.0.0.1:{self.port}/{dbname}"
 
     def _run(self, argv: Sequence[str], *, timeout: float = 120) -> None:
-        kwargs, _, _ = _run_as()
+        uid, gid = _run_as()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C.UTF-8"
-        try:
-            res = subprocess.run(
-                list(argv),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env=env,
-                cwd=self.root,
-                **kwargs,  # type: ignore[call-overload]
-            )
-        except subprocess.TimeoutExpired:
-            raise ClientProgramError(
-                f"{Path(argv[0]).name} timed out", f"see {self.logfile}"
-            ) from None
-        if res.returncode != 0:
-            detail = (res.stderr or res.stdout).strip().splitlines()
-            raise ClientProgramError(
-                f"{Path(argv[0]).name} failed: {detail[-1] if detail else res.returncode}",
-                "check the PostgreSQL server installation",
-            )
+        execute.run(
+            argv,
+            env=env,
+            cwd=self.root,
+            timeout=timeout,
+            user=uid,
+            group=gid,
+            hint="check the PostgreSQL server installation",
+            timeout_hint=f"see {self.logfile}",
+        )
 
     def init(self, hba_first: Sequence[str] = (), settings: dict[str, str] | None = None) -> None:
-        _, uid, gid = _run_as()
+        uid, gid = _run_as()
         for d in (self.root, self.socket_dir):
             d.mkdir(mode=0o700, exist_ok=True)
             if uid is not None and gid is not None:
@@ -170,7 +158,7 @@ class Cluster:
 
 def _check_reachable(parent: Path) -> None:
     """As root the server runs as `postgres`, which must be able to enter parent."""
-    _, uid, gid = _run_as()
+    uid, gid = _run_as()
     if uid is None:
         return
     for d in [parent.resolve(), *parent.resolve().parents]:

@@ -1,34 +1,31 @@
 """Running client programs as streaming pipelines, with every stage's exit status checked.
 
 Bytes that must be counted or hashed pass through Python in large chunks; everything else
-goes from process to process or file. Each stage's stderr goes to its own temporary file,
-so a chatty stage can never deadlock a pipe, and is shown when the stage fails.
+goes from process to process or file. The stages themselves (started, killed, checked,
+their stderr in temporary files) are pgvault.execute's; Stage, stages and run_text are
+re-exported from there for the modules that use them by this name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import queue
-import signal
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
-from plumbum import local
-
-from pgvault.connection import mask_secrets
 from pgvault.errors import ClientProgramError
+from pgvault.execute import DEVNULL, PIPE, widen
+from pgvault.execute import Stage as Stage
+from pgvault.execute import run_text as run_text
+from pgvault.execute import stages as stages
 
 CHUNK = 1 << 20
 _QUEUED_CHUNKS = 4  # at most this many chunks wait for the writer: memory stays flat
-_PIPE_SIZE = 1 << 20
 
 
 class Observer(Protocol):
@@ -41,92 +38,6 @@ class FileStats:
     size: int
     # Offset at which each source's output begins (of the uncompressed stream).
     offsets: tuple[int, ...] = ()
-
-
-def command(argv: Sequence[str]) -> object:
-    """A plumbum command for argv (the program first)."""
-    return local[argv[0]][list(argv[1:])]
-
-
-def _widen(pipe: IO[bytes] | None) -> None:
-    # Fewer, larger reads: a 1 MiB pipe instead of 64 KiB (Linux only; harmless elsewhere).
-    if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-
-
-class Stage:
-    """One running process with its stderr captured to a temporary file."""
-
-    def __init__(
-        self,
-        argv: Sequence[str],
-        env: Mapping[str, str],
-        *,
-        stdin: int | IO[bytes] | None = None,
-        stdout: int | IO[bytes] | None = subprocess.PIPE,
-    ) -> None:
-        self.name = Path(argv[0]).name
-        self.argv = list(argv)
-        self.errfile = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
-        try:
-            self.proc: subprocess.Popen[bytes] = command(argv).popen(  # type: ignore[attr-defined]
-                stdin=stdin, stdout=stdout, stderr=self.errfile, env=dict(env)
-            )
-        except OSError as e:
-            self.errfile.close()
-            raise ClientProgramError(
-                f"cannot start {self.name}: {e.strerror}", "check the PostgreSQL installation"
-            ) from None
-        _widen(self.proc.stdout)
-
-    def stderr_text(self) -> str:
-        self.errfile.seek(0)
-        return mask_secrets(self.errfile.read().decode("utf-8", "replace"))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def check(self) -> None:
-        """Wait for the stage and raise ClientProgramError unless it exited 0."""
-        code = self.proc.wait()
-        if code != 0:
-            raise stage_failure(self.name, code, self.stderr_text())
-
-    def close(self) -> None:
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        self.errfile.close()
-
-
-def stage_failure(name: str, code: int, stderr: str) -> ClientProgramError:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    # The first error line says what went wrong; later ones are usually consequences.
-    errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
-    detail = (errors or lines or [f"exit status {code}"])[0]
-    if code < 0:
-        detail = f"killed by signal {-code}" + (f": {detail}" if lines else "")
-    return ClientProgramError(f"{name} failed: {detail}", "see the message above; nothing was kept")
-
-
-@contextlib.contextmanager
-def stages() -> Iterator[list[Stage]]:
-    """Hold the running stages of a pipeline; on any exception kill them all."""
-    running: list[Stage] = []
-    try:
-        yield running
-    except BaseException:
-        for st in running:
-            st.kill()
-        raise
-    finally:
-        for st in running:
-            st.close()
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -155,7 +66,7 @@ class _Sink:
         self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
         self.stopping = False
         if comp is not None:
-            _widen(comp.proc.stdin)
+            widen(comp.proc.stdin)
             self.thread = threading.Thread(target=self._pump, daemon=True)
         else:
             self.thread = threading.Thread(target=self._drain, daemon=True)
@@ -258,7 +169,7 @@ def stream_to_file(
         with stages() as running:
             comp = None
             if compressor is not None:
-                comp = Stage(compressor, env, stdin=subprocess.PIPE)
+                comp = Stage(compressor, env, stdin=PIPE)
                 running.append(comp)
             sink = _Sink(fd, observers, comp)
             try:
@@ -292,16 +203,6 @@ def stream_to_file(
         raise
     os.close(fd)
     return FileStats(sink.hash.hexdigest(), sink.written, tuple(offsets))
-
-
-def run_text(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
-    """Run a short command, check it, and return its stdout as text."""
-    with stages() as running:
-        st = Stage(argv, env if env is not None else os.environ)
-        running.append(st)
-        out, _ = st.proc.communicate()
-        st.check()
-        return out.decode("utf-8", "replace")
 
 
 def file_chunks(
@@ -346,11 +247,11 @@ def stream_into(
     any failure every stage is killed. Raises ClientProgramError unless argv exits 0.
     """
     with stages() as running:
-        sink = Stage(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        sink = Stage(argv, env, stdin=PIPE, stdout=DEVNULL)
         running.append(sink)
         stdin = sink.proc.stdin
         assert stdin is not None
-        _widen(stdin)
+        widen(stdin)
         try:
             for chunk in parts(running):
                 stdin.write(chunk)
