@@ -34,18 +34,22 @@ bench: venv
 selftest: venv
 	$(BIN)/python -m pgvault.demo --selftest
 
+# Extra overrides go in ARGS, e.g. make backup-database ARGS="target=supabase_local backup.compression=zstd"
+ARGS ?=
+
 backup-database: venv
-	@if [ -z "$$BACKUP_DIR" ]; then echo "Error: BACKUP_DIR environment variable is not set"; exit 1; fi
-	$(PGVAULT) backup
+	@if [ -z "$$BACKUP_DIR" ] && ! printf '%s\n' $(ARGS) | grep -q '^dir='; then \
+		echo "Error: BACKUP_DIR environment variable is not set (or pass ARGS=\"dir=/abs/path\")"; exit 1; fi
+	$(PGVAULT) backup $(ARGS)
 
 list-backups: venv
-	$(PGVAULT) list
+	$(PGVAULT) list $(ARGS)
 
 restore-database: venv
 	@if [ -z "$(BACKUP_PREFIX)" ]; then \
-		echo "Error: BACKUP_PREFIX is required. Usage: make restore-database BACKUP_PREFIX=backup-YYYY-MM-DD-HHMMSS"; \
+		echo "Error: BACKUP_PREFIX is required. Usage: make restore-database BACKUP_PREFIX=backup-YYYY-MM-DD-HHMMSS (or latest)"; \
 		exit 1; fi
-	$(PGVAULT) restore prefix=$(BACKUP_PREFIX)
+	$(PGVAULT) restore prefix=$(BACKUP_PREFIX) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -1,3 +1,3 @@
 """pgvault: back up, restore and verify PostgreSQL databases as plain SQL."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

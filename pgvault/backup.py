@@ -24,7 +24,8 @@ from pgvault.connection import Conn, conn_for_target, connect
 from pgvault.dumpstream import CopyStats
 from pgvault.errors import PgvaultError
 from pgvault.facts import read_facts
-from pgvault.ui import Reporter, mb
+from pgvault.listener import Listener
+from pgvault.manifest import FORMAT, Manifest
 
 Clock = Callable[[], datetime]
 
@@ -35,11 +36,18 @@ def utc_now() -> datetime:
 
 @dataclass
 class BackupResult:
-    prefix: str
-    directory: Path
-    files: dict[str, Path]
-    manifest: dict[str, Any]
+    """The set written, and what retention did afterwards (None: it did not run)."""
+
+    set: catalog.BackupSet
     pruned: retention.PruneResult | None = field(default=None)
+
+    @property
+    def prefix(self) -> str:
+        return self.set.prefix
+
+    @property
+    def directory(self) -> Path:
+        return self.set.directory
 
 
 def matview_trailer(matviews: list[str]) -> bytes:
@@ -88,15 +96,17 @@ def remove_stale_partials(directory: Path) -> list[Path]:
     return removed
 
 
-def run_backup(
+def take_backup(
     cfg: PgvaultConfig,
-    ui: Reporter,
+    ui: Listener,
     *,
     env_name: str = "default",
     clock: Clock = utc_now,
     apply_retention: bool = True,
+    kind: str = "regular",
 ) -> BackupResult:
-    """Given a config, write one complete set into cfg.dir and apply retention.
+    """Given a config, write one complete set into cfg.dir and apply retention; kind
+    "safety" marks the set a restore takes before it replaces a database.
 
     Everything that can be checked is checked before the directory is touched: its
     name, the compressor, the server (reachable, password, database) and the client
@@ -106,7 +116,7 @@ def run_backup(
     if apply_retention:
         retention.check_policy(cfg.retention)
     conn = conn_for_target(cfg.target)
-    compression = cfg.compression.value
+    compression = cfg.backup.compression.value
     compressor = None
     if compression != "none":
         argv = clients.COMPRESSORS[compression]
@@ -121,19 +131,18 @@ def run_backup(
         with catalog.locked(directory, timeout=cfg.lock_timeout, what="backup"):
             remove_stale_partials(directory)
             result = _write_set(
-                cfg, ui, pg, conn, programs, directory, compressor, env_name, clock, profile
+                cfg, ui, pg, conn, programs, directory, compressor, env_name, clock, profile, kind
             )
             if apply_retention:
                 result.pruned = retention.prune(
                     directory, cfg.retention, now=clock(), protect=result.prefix
                 )
-    _report(ui, result)
     return result
 
 
 def _write_set(
     cfg: PgvaultConfig,
-    ui: Reporter,
+    ui: Listener,
     pg: psycopg.Connection[tuple[Any, ...]],
     conn: Conn,
     programs: clients.Programs,
@@ -142,8 +151,9 @@ def _write_set(
     env_name: str,
     clock: Clock,
     chosen: tuple[str, str],
+    set_kind: str,
 ) -> BackupResult:
-    compression = cfg.compression.value
+    compression = cfg.backup.compression.value
     started = clock()
     server_version = str(pg.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
     profile, why = chosen
@@ -151,19 +161,24 @@ def _write_set(
     kinds = naming.SQL_KINDS + ((naming.PLATFORM,) if profiles.has_platform_file(profile) else ())
     final = {k: directory / naming.file_name(prefix, k, compression) for k in kinds}
     partial = {k: p.with_name(p.name + naming.PARTIAL_SUFFIX) for k, p in final.items()}
-    ui.say(f"Backing up {conn.dbname} at {conn.where} (target {cfg.target.name})...")
-    ui.say(f"Profile: {profile} ({why})")
+    ui.note(f"Backing up {conn.dbname} at {conn.where} (target {cfg.target.name})...")
+    ui.note(f"Profile: {profile} ({why})")
+    estimate = estimate_size(directory, cfg.target.name, pg)
     try:
-        snapshot, facts, stats, tables = _dump(ui, pg, conn, programs, partial, compressor, profile)
+        snapshot, facts, stats, tables = _dump(
+            ui, pg, conn, programs, partial, compressor, profile, estimate
+        )
         for kind in kinds:
             partial[kind].rename(final[kind])
         catalog.fsync_dir(directory)
-        manifest = {
-            "format": catalog.MANIFEST_FORMAT,
+        manifest = Manifest.model_validate({
+            "format": FORMAT,
             "tool": "pgvault",
             "tool_version": __version__,
             "prefix": prefix,
+            "kind": set_kind,
             "target": cfg.target.name,
+            "server": conn.where,
             "env": env_name,
             "database": conn.dbname,
             "host": socket.gethostname(),
@@ -182,8 +197,9 @@ def _write_set(
             "schema_post_data_offset": stats["schema"].offsets[1],
             "tables": tables,
             **facts,
-        }
-        catalog.write_json_atomic(directory / naming.file_name(prefix, "manifest"), manifest)
+        })  # fmt: skip
+        path = directory / naming.file_name(prefix, "manifest")
+        catalog.write_json_atomic(path, manifest.to_json())
     except BaseException as e:
         # Without its manifest the set is incomplete anyway; remove it so it cannot mislead.
         for p in (*final.values(), *partial.values()):
@@ -192,17 +208,20 @@ def _write_set(
         if isinstance(e, OSError):
             raise _write_error(e, directory) from None
         raise
-    return BackupResult(prefix, directory, final, manifest)
+    return BackupResult(
+        catalog.BackupSet(prefix, directory, {**final, "manifest": path}, manifest=manifest)
+    )
 
 
 def _dump(
-    ui: Reporter,
+    ui: Listener,
     pg: psycopg.Connection[tuple[Any, ...]],
     conn: Conn,
     programs: clients.Programs,
     partial: dict[str, Path],
     compressor: list[str] | None,
     profile: str,
+    estimate: int | None,
 ) -> tuple[dict[str, str], dict[str, Any], dict[str, pipeline.FileStats], dict[str, Any]]:
     """Run the three dumps into the partial files; return the snapshot, the facts read in
     it, each file's stats and the per-table row counts and checksums."""
@@ -219,7 +238,7 @@ def _dump(
         facts = read_facts(pg, skip_schemas=plan.platform_schemas)
         facts.update(plan.manifest())
         facts["role_passwords"] = _may_read_passwords(pg)
-        if not facts["role_passwords"] and not ui.quiet:
+        if not facts["role_passwords"]:
             ui.warn(
                 f"{conn.user} is not a superuser: the roles file leaves out role passwords "
                 "(back up as a superuser to keep them)"
@@ -227,6 +246,7 @@ def _dump(
         env = conn.env()
         pg_dump, info = programs.path("pg_dump"), conn.conninfo
         copy_stats = CopyStats()
+        raw = ByteCount()
         stats: dict[str, pipeline.FileStats] = {}
         pre_data = [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "pre-data")]
         post_data = [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "post-data")]
@@ -262,12 +282,12 @@ def _dump(
                     partial[naming.PLATFORM],
                     transform=plan.platform_transform(),
                 )
-            with ui.transfer("data") as progress:
+            with ui.transfer("data", estimate) as progress:
                 stats["data"] = pipeline.stream_to_file(
                     [[pg_dump, *clients.pg_dump_data_args(info, snapshot), *plan.data_args()]],
                     env,
                     partial["data"],
-                    observers=[copy_stats],
+                    observers=[copy_stats, raw],
                     compressor=compressor,
                     progress=progress,
                     trailer=matview_trailer(facts["matviews"]),
@@ -280,7 +300,38 @@ def _dump(
     snap = {"id": snapshot, "time": cast(datetime, row[1]).isoformat()}
     # What the data file will set, not what the snapshot saw: sequences move on outside it.
     facts["sequences"] = dict(sorted(copy_stats.sequences.items()))
+    facts["data_raw_bytes"] = raw.total
     return snap, facts, stats, copy_stats.result()
+
+
+class ByteCount:
+    """Counts the data dump's bytes before compression: the next backup's estimate."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+
+
+def estimate_size(
+    directory: Path, target: str, pg: psycopg.Connection[tuple[Any, ...]]
+) -> int | None:
+    """The data dump's likely size: the previous set of this target's, else the size of
+    the database's tables (a dump is text, so this is only a guide)."""
+    for bset in catalog.scan(directory):
+        m = bset.manifest
+        if bset.complete and m is not None and m.target == target:
+            if m.data_raw_bytes is not None:
+                return m.data_raw_bytes
+            if m.compression == "none":
+                return m.files["data"].size
+            break
+    row = pg.execute(
+        "SELECT sum(pg_catalog.pg_table_size(oid))::bigint FROM pg_catalog.pg_class "
+        "WHERE relkind IN ('r', 'm') AND relnamespace <> 'pg_catalog'::regnamespace"
+    ).fetchone()
+    return int(row[0]) if row and row[0] else None
 
 
 def _may_read_passwords(pg: psycopg.Connection[tuple[Any, ...]]) -> bool:
@@ -293,18 +344,3 @@ def _may_read_passwords(pg: psycopg.Connection[tuple[Any, ...]]) -> bool:
 def _write_error(e: OSError, directory: Path) -> PgvaultError:
     hint = "free some space or pick another dir" if e.errno in (28, 27) else "check the directory"
     return PgvaultError(f"cannot write the backup into {directory}: {e.strerror}", hint)
-
-
-def _report(ui: Reporter, result: BackupResult) -> None:
-    ui.ok("Backup completed successfully!")
-    ui.say("Files created:")
-    total = 0
-    for kind, path in result.files.items():
-        size = int(result.manifest["files"][kind]["size"])
-        total += size
-        note = " (Supabase's own schema, for verify)" if kind == naming.PLATFORM else ""
-        ui.say(f"  - {path.name} ({mb(size)}){note}")
-    ui.say(f"Total size: {mb(total)}")
-    ui.say(f"Location: {result.directory}")
-    if result.pruned is not None:
-        retention.report(ui, result.pruned)

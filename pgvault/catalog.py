@@ -6,25 +6,25 @@ manifest is written last, atomically, so no crash can leave a set that looks com
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
-import json
-import os
 import tempfile
-import time
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from pgvault import naming
-from pgvault.errors import ConfigError, IntegrityError, LockBusy, PgvaultError
+from pgvault.errors import ConfigError, IntegrityError, NotFound, PgvaultError
+from pgvault.manifest import Manifest, VerifyRecord, read_manifest, read_verify_record
 
-LOCK_NAME = ".pgvault.lock"
-MANIFEST_FORMAT = 1
+# The catalog's lock and writes are its store's; callers reach them as catalog.*.
+from pgvault.store import LOCK_NAME as LOCK_NAME
+from pgvault.store import LocalStore, Store
+from pgvault.store import fsync_dir as fsync_dir
+from pgvault.store import is_locked as is_locked
+from pgvault.store import locked as locked
+from pgvault.store import write_json_atomic as write_json_atomic
+
+LATEST = "latest"
 
 
 def backup_dir(value: str | None, *, create: bool) -> Path:
@@ -66,18 +66,37 @@ def backup_dir(value: str | None, *, create: bool) -> Path:
     return path
 
 
+STATUSES = ("complete", "incomplete", "damaged", "in progress")
+
+
+@dataclass(frozen=True)
+class DiskFile:
+    name: str
+    kind: str
+    size: int
+    partial: bool
+
+
 @dataclass
 class BackupSet:
-    """What the directory holds for one prefix."""
+    """One prefix in a directory: its files, its manifest, and what is wrong with it.
+
+    The one type of "a set": list shows it, retention decides on it, restore and verify
+    load it (find_set gives a complete one, holding only the files its manifest names)."""
 
     prefix: str
+    directory: Path
     files: dict[str, Path] = field(default_factory=dict)
     partial: list[Path] = field(default_factory=list)
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
     manifest_error: str | None = None
     # Another data file than the manifest names (say, a `gunzip -k` copy): the user's,
     # so never part of the set and never deleted with it.
     extras: list[Path] = field(default_factory=list)
+    # Filled in by listing.assess: one of STATUSES, what is wrong, the files as found.
+    status: str = ""
+    problem: str | None = None
+    on_disk: tuple[DiskFile, ...] = ()
 
     @property
     def time(self) -> datetime | None:
@@ -91,16 +110,31 @@ class BackupSet:
         return self.time is not None
 
     @property
+    def compression(self) -> str:
+        if self.manifest is not None:
+            return self.manifest.compression
+        parsed = naming.parse_file_name(self.files["data"].name) if "data" in self.files else None
+        return parsed.compression if parsed else "none"
+
+    @property
+    def kind(self) -> str:
+        """regular, or safety: taken by a restore of the database it replaced."""
+        return self.manifest.kind if self.manifest is not None else "regular"
+
+    @property
+    def dump_version(self) -> str:
+        return self.manifest.dump_version if self.manifest is not None else "0"
+
+    @property
+    def dump_major(self) -> int:
+        return self.manifest.dump_major if self.manifest is not None else 0
+
+    @property
     def expected(self) -> dict[str, str]:
         """kind -> file name the set must have."""
-        comp = "none"
-        if self.manifest is not None:
-            comp = str(self.manifest.get("compression", "none"))
-        elif "data" in self.files:
-            parsed = naming.parse_file_name(self.files["data"].name)
-            comp = parsed.compression if parsed else "none"
+        comp = self.compression
         names = {k: naming.file_name(self.prefix, k, comp) for k in naming.SQL_KINDS}
-        if self.manifest is not None and naming.PLATFORM in self.manifest["files"]:
+        if self.manifest is not None and naming.PLATFORM in self.manifest.files:
             names[naming.PLATFORM] = naming.file_name(self.prefix, naming.PLATFORM)
         names["manifest"] = naming.file_name(self.prefix, "manifest")
         return names
@@ -114,29 +148,39 @@ class BackupSet:
     def complete(self) -> bool:
         return self.manifest is not None and not self.missing and self.parseable
 
+    @property
+    def size(self) -> int:
+        """Bytes of the set's files as the manifest records them (0 without one)."""
+        return sum(f.size for f in self.manifest.files.values()) if self.manifest else 0
+
+    def verification(self) -> VerifyRecord | None:
+        """The set's verify record, when there is a readable one."""
+        path = self.files.get("verify")
+        return read_verify_record(path) if path is not None else None
+
     def all_paths(self) -> list[Path]:
         return [*self.files.values(), *self.partial]
 
 
-def scan(directory: Path) -> list[BackupSet]:
-    """Every set in directory, newest first. Files pgvault did not write are ignored."""
+def scan(where: Path | Store) -> list[BackupSet]:
+    """Every set in a directory (or store), newest first. Files pgvault did not write
+    are ignored."""
+    store = LocalStore(where) if isinstance(where, Path) else where
+    directory = store.directory
     sets: dict[str, BackupSet] = {}
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return []
     data_files: dict[str, list[tuple[str, Path]]] = {}
-    for entry in entries:
-        parsed = naming.parse_file_name(entry.name)
-        if parsed is None or not entry.is_file(follow_symlinks=False):
+    for name in store.names():
+        parsed = naming.parse_file_name(name)
+        if parsed is None:
             continue
-        bset = sets.setdefault(parsed.prefix, BackupSet(parsed.prefix))
+        path = directory / name
+        bset = sets.setdefault(parsed.prefix, BackupSet(parsed.prefix, directory))
         if parsed.partial:
-            bset.partial.append(Path(entry.path))
+            bset.partial.append(path)
         elif parsed.kind in ("data", naming.PLATFORM):
-            data_files.setdefault(parsed.prefix, []).append((parsed.kind, Path(entry.path)))
+            data_files.setdefault(parsed.prefix, []).append((parsed.kind, path))
         else:
-            bset.files[parsed.kind] = Path(entry.path)
+            bset.files[parsed.kind] = path
     for bset in sets.values():
         if "manifest" in bset.files:
             try:
@@ -153,8 +197,8 @@ def _place_data_files(bset: BackupSet, paths: list[tuple[str, Path]]) -> None:
     to the set only when the manifest names it. Any other is an extra: the user's, never
     deleted with the set."""
     if bset.manifest is not None:
-        files = bset.manifest["files"]
-        chosen = [(k, p) for k, p in paths if k in files and files[k]["name"] == p.name]
+        files = bset.manifest.files
+        chosen = [(k, p) for k, p in paths if k in files and files[k].name == p.name]
     else:
         data = [(k, p) for k, p in paths if k == "data"]
         chosen = data if len(data) == 1 else []
@@ -163,173 +207,23 @@ def _place_data_files(bset: BackupSet, paths: list[tuple[str, Path]]) -> None:
     bset.extras = [p for k, p in paths if (k, p) not in chosen]
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """Read a set's manifest; IntegrityError unless it is one pgvault could have written
-    for this set (so nothing downstream trips over a missing or odd field)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise IntegrityError(f"manifest {path.name} is unreadable: {e}", "") from None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise IntegrityError(f"manifest {path.name} is not a pgvault manifest", "")
-    problem = _manifest_problem(path.name.removesuffix("-manifest.json"), data)
-    if problem:
-        raise IntegrityError(f"manifest {path.name} is not valid: {problem}", "")
-    return data
-
-
-def _manifest_problem(prefix: str, m: dict[str, Any]) -> str | None:
-    compression = m.get("compression")
-    if compression not in naming.COMPRESSION_SUFFIX:
-        return f"unknown compression {compression!r}"
-    if m.get("prefix") != prefix:
-        return f"it belongs to {m.get('prefix')!r}"
-    files = m.get("files")
-    if not isinstance(files, dict):
-        return "no files"
-    for kind in naming.SQL_KINDS:
-        entry = files.get(kind)
-        want = naming.file_name(prefix, kind, compression)
-        if not isinstance(entry, dict) or entry.get("name") != want:
-            return f"no entry for {want}"
-        if not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
-            return f"no size or sha256 for {want}"
-    extra = files.get(naming.PLATFORM)
-    if extra is not None and (
-        not isinstance(extra, dict)
-        or extra.get("name") != naming.file_name(prefix, naming.PLATFORM)
-        or not isinstance(extra.get("size"), int)
-    ):
-        return f"no valid entry for {naming.file_name(prefix, naming.PLATFORM)}"
-    offset = m.get("schema_post_data_offset")
-    if not isinstance(offset, int) or not 0 <= offset <= files["schema"]["size"]:
-        return "no valid schema_post_data_offset"
-    if not isinstance(m.get("tables", {}), dict):
-        return "tables is not an object"
-    return None
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to path via a temporary file, fsync and rename: all or nothing."""
-    tmp = path.with_name(path.name + naming.PARTIAL_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# Directories whose lock this process holds: a restore keeps its directory locked while
-# its safety backup takes the lock again, and flock() would refuse a second descriptor.
-_HELD: set[Path] = set()
-
-
-@contextlib.contextmanager
-def locked(directory: Path, *, timeout: float = 0.0, what: str = "backup") -> Iterator[None]:
-    """Hold the directory's exclusive lock (one writer at a time), waiting up to timeout.
-
-    Re-entrant within one process."""
-    key = directory.resolve()
-    if key in _HELD:
-        yield
-        return
-    path = directory / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise PgvaultError(
-            f"cannot lock {directory}: {e.strerror}",
-            f"a {what} needs write access to the backup directory",
-        ) from None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = _read_holder(fd)
-                    raise LockBusy(
-                        f"another pgvault {holder or 'run'} is using {directory}",
-                        "wait for it to finish, or pass lock_timeout=SECONDS to wait",
-                    ) from None
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{what} pid {os.getpid()}\n".encode(), 0)
-        _HELD.add(key)
-        try:
-            yield
-        finally:
-            _HELD.discard(key)
-    finally:
-        os.close(fd)
-
-
-def is_locked(directory: Path) -> bool:
-    """True while some pgvault process holds the directory's lock."""
-    path = directory / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
-def file_problems(
-    prefix: str, files: Mapping[str, Path], manifest: Mapping[str, Any], *, checksums: bool
-) -> list[str]:
+def file_problems(bset: BackupSet, *, checksums: bool) -> list[str]:
     """Compare a set's files with its manifest: sizes always (a stat each), sha256 too
     when checksums (every byte is read). Missing files are not reported here: they make
     the set incomplete, not damaged. Names are given without the prefix."""
-    entries = manifest.get("files")
-    if not isinstance(entries, dict) or not entries:
-        return ["the manifest lists no files"]
+    if bset.manifest is None:
+        return ["it has no readable manifest"]
     problems = []
-    for kind, entry in sorted(entries.items()):
-        path = files.get(kind)
+    for kind, entry in sorted(bset.manifest.files.items()):
+        path = bset.files.get(kind)
         if path is None:
             continue
-        short = path.name.removeprefix(prefix + "-")
-        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int):
-            problems.append(f"the manifest has no size for {kind}")
-            continue
+        short = path.name.removeprefix(bset.prefix + "-")
         try:
             size = path.stat().st_size
-            if size != entry["size"]:
-                problems.append(f"{short} is {size} bytes, the manifest says {entry['size']}")
-            elif checksums and _sha256(path) != entry.get("sha256"):
+            if size != entry.size:
+                problems.append(f"{short} is {size} bytes, the manifest says {entry.size}")
+            elif checksums and _sha256(path) != entry.sha256:
                 problems.append(f"{short} does not match its sha256 in the manifest")
         except FileNotFoundError:
             continue
@@ -344,3 +238,64 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# -- Finding a set -------------------------------------------------------------------
+
+
+def newest(sets: list[BackupSet], *, regular: bool = True) -> BackupSet | None:
+    """The newest complete set (of sets, newest first); regular: not a safety backup."""
+    return next((s for s in sets if s.complete and (s.kind == "regular" or not regular)), None)
+
+
+def resolve_prefix(prefix: str | None, dir_value: str | None) -> tuple[Path, str]:
+    """Given prefix= (short, "latest", or an absolute path ending in a prefix) and dir=,
+    return the set's directory and prefix. Rejects anything that is not a pgvault name."""
+    if not prefix:
+        raise ConfigError(
+            "no backup set given",
+            "pass prefix=backup-YYYY-MM-DD-HHMMSS or prefix=latest; `pgvault list` shows them",
+        )
+    path = Path(prefix)
+    if path.is_absolute():
+        directory, name = path.parent, path.name
+        if ".." in path.parts:
+            raise ConfigError(f"prefix '{prefix}' contains '..'", "give the set's real path")
+    else:
+        directory, name = backup_dir(dir_value, create=False), prefix
+    if name == LATEST:
+        found = newest(scan(directory))
+        if found is None:
+            raise NotFound(f"no complete backup set in {directory}", "run `pgvault backup` first")
+        return directory, found.prefix
+    if not naming.is_prefix(name):
+        raise ConfigError(
+            f"'{name}' is not a backup set name",
+            "use prefix=backup-YYYY-MM-DD-HHMMSS as `pgvault list` shows it, or prefix=latest",
+        )
+    return directory, name
+
+
+def find_set(directory: Path, prefix: str, scanned: list[BackupSet] | None = None) -> BackupSet:
+    """Return the complete set prefix in directory (from scanned, a scan of it already
+    made, if given) with only the files its manifest names, or say what is missing."""
+    sets = scan(directory) if scanned is None else scanned
+    bset = next((s for s in sets if s.prefix == prefix), None)
+    if bset is None:
+        raise NotFound(
+            f"no backup set {prefix} in {directory}", f"`pgvault list dir={directory}` shows them"
+        )
+    if bset.manifest is None:
+        why = bset.manifest_error or f"{naming.file_name(prefix, 'manifest')} is missing"
+        raise NotFound(
+            f"backup set {prefix} is incomplete: {why}",
+            "it was interrupted or damaged; pick another set",
+        )
+    if bset.missing:
+        raise NotFound(
+            f"backup set {prefix} lacks {', '.join(bset.missing)}",
+            "restore the missing files or pick another set",
+        )
+    kinds = [*naming.SQL_KINDS, naming.PLATFORM]
+    files = {k: bset.files[k] for k in kinds if k in bset.manifest.files}
+    return BackupSet(prefix, directory, files, manifest=bset.manifest)

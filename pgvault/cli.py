@@ -14,17 +14,12 @@ import select
 import signal
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pgvault import __version__, arguments
+from pgvault.commands import SPECS
 from pgvault.errors import ConfigError, PgvaultError
-
-COMMANDS = ("backup", "list", "prune", "restore", "verify")
-_HYDRA_FLAGS = {
-    "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
-    "--version", "--cfg", "-c", "--multirun", "-m", "--resolve", "--package", "-p",
-}  # fmt: skip
 
 
 def packaged_conf_dir() -> Path:
@@ -74,52 +69,34 @@ def search_setup() -> tuple[str, list[str]]:
     return str(packaged), [f"hydra.searchpath=[file://{user}]"]
 
 
-# `verify` is a config group, so Hydra would read `verify=true` as a group choice.
-_VERIFY_SHORTHAND = {f"verify={v}": f"verify.after_backup={v}" for v in ("true", "false")}
-
-
-def split_command(argv: list[str]) -> tuple[str, list[str]]:
-    """Return (command, the rest). Hydra flags alone (e.g. --help) imply `backup`."""
-    if not argv or (argv[0] in ("-h", "--help") and len(argv) == 1):
-        if not argv:
-            raise ConfigError(
-                "no command given", f"use one of: {', '.join(COMMANDS)}; see pgvault --help"
-            )
-        return "backup", argv
-    first = argv[0]
-    if first in COMMANDS:
-        return first, [_VERIFY_SHORTHAND.get(a, a) for a in argv[1:]]
-    if first.split("=")[0] in _HYDRA_FLAGS:
-        return "backup", argv
-    raise ConfigError(
-        f"unknown command '{first}'", f"use one of: {', '.join(COMMANDS)}; see pgvault --help"
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # SIGTERM unwinds like Ctrl-C, so throwaway clusters and partial files are cleaned up.
     signal.signal(signal.SIGTERM, _terminated)
     try:
+        if "--version" in args[:2] or args[:1] == ["-V"]:
+            print(f"pgvault {__version__}")
+            return
         if any(a in ("-sc", "--shell-completion") for a in args) and _complete_command():
             return
-        command, rest = split_command(args)
         config_dir, extra = search_setup()
-        if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in rest):
+        groups = arguments.config_groups(Path(config_dir), user_conf_dir(), packaged_conf_dir())
+        call = arguments.prepare(args, groups)
+        overrides = [*extra, *call.overrides, f"command={call.command}"]
+        if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in call.flags):
             from pgvault.showconfig import show_config
 
-            show_config(config_dir, [*extra, *rest, f"command={command}"])
+            show_config(config_dir, call.command, call.flags, overrides)
             return
         os.environ["HYDRA_FULL_ERROR"] = "1"
-        if any(a in ("-m", "--multirun") for a in rest):
+        if any(a in ("-m", "--multirun") for a in call.flags):
             # Hydra saves the composed config, passwords and all, as multirun.yaml in the
             # sweep dir: make it private to this run and remove it afterwards.
             with tempfile.TemporaryDirectory(prefix="pgvault-multirun-") as sweep:
-                _run_hydra(config_dir, [*extra, *rest, f"command={command}",
-                                        f"hydra.sweep.dir={sweep}"])  # fmt: skip
+                _run_hydra(config_dir, [*call.flags, *overrides, f"hydra.sweep.dir={sweep}"])
         else:
-            _run_hydra(config_dir, [*extra, *rest, f"command={command}"])
+            _run_hydra(config_dir, [*call.flags, *overrides])
     except PgvaultError as e:
         _fail(e.line(), e.exit_code)
     except KeyboardInterrupt:
@@ -177,9 +154,9 @@ def _complete_command() -> bool:
     point = int(os.environ.get("COMP_POINT", len(line)))
     words = line[:point].split(" ")
     if len(words) == 2 and "=" not in words[1]:
-        print(" ".join(c for c in COMMANDS if c.startswith(words[1])))
+        print(" ".join(c for c in SPECS if c.startswith(words[1])))
         return True
-    if len(words) > 2 and words[1] in COMMANDS:
+    if len(words) > 2 and words[1] in SPECS:
         cut = len(words[0]) + 1 + len(words[1])
         os.environ["COMP_LINE"] = line[: cut - len(words[1]) - 1] + line[cut:]
         os.environ["COMP_POINT"] = str(point - len(words[1]) - 1)
@@ -242,31 +219,7 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
 
 def dispatch(cfg: Any, *, env_name: str = "default") -> None:
     """Run one command on a typed config; raises PgvaultError on failure."""
-    from pgvault.config import Command
+    from pgvault import commands
     from pgvault.ui import Reporter
 
-    ui = Reporter(quiet=cfg.quiet)
-    if cfg.command is Command.backup:
-        from pgvault.backup import run_backup
-
-        result = run_backup(cfg, ui, env_name=env_name)
-        if cfg.verify.after_backup:
-            from pgvault.verify import run_verify
-
-            run_verify(replace(cfg, prefix=str(result.directory / result.prefix)), ui)
-    elif cfg.command is Command.list:
-        from pgvault.listing import run_list
-
-        run_list(cfg, ui)
-    elif cfg.command is Command.prune:
-        from pgvault.listing import run_prune
-
-        run_prune(cfg, ui)
-    elif cfg.command is Command.restore:
-        from pgvault.restore import run_restore
-
-        run_restore(cfg, ui, env_name=env_name)
-    elif cfg.command is Command.verify:
-        from pgvault.verify import run_verify
-
-        run_verify(cfg, ui)
+    commands.run(cfg, Reporter(quiet=cfg.quiet), commands.Context(env=env_name))

@@ -20,6 +20,7 @@ class Command(Enum):
     prune = "prune"
     restore = "restore"
     verify = "verify"
+    show = "show"
 
 
 class Compression(Enum):
@@ -70,19 +71,54 @@ class RetentionConfig:
 
 @dataclass
 class RestoreConfig:
+    """restore: the policy (config group restore/) and the command's options."""
+
     allowed: bool = True
     confirm: Confirm = Confirm.tty
     safety_backup: bool = True
     # Restore into this database name or URL instead of the configured target.
     target: str | None = None
     create_database: bool = False
+    # backup-YYYY-MM-DD-HHMMSS, an absolute path ending in one, or "latest".
+    prefix: str | None = None
+    yes: bool = False
+    force: bool = False
 
 
 @dataclass
 class VerifyConfig:
+    """verify: where to restore (config group verify/) and which sets."""
+
     # "ephemeral": a throwaway cluster; otherwise the URL of a scratch database.
     target: str = "ephemeral"
-    after_backup: bool = False
+    prefix: str | None = None
+    all: bool = False
+
+
+@dataclass
+class BackupOptions:
+    compression: Compression = Compression.none
+    # Verify the new set right away (verify.target says where).
+    verify: bool = False
+
+
+@dataclass
+class ListOptions:
+    format: OutputFormat = OutputFormat.text
+    # Also compare every file's sha256 with the manifest; exit 1 when a set needs a look.
+    check: bool = False
+
+
+@dataclass
+class PruneOptions:
+    dry_run: bool = False
+    check: bool = False
+
+
+@dataclass
+class ShowOptions:
+    prefix: str | None = None
+    format: OutputFormat = OutputFormat.text
 
 
 @dataclass
@@ -93,27 +129,22 @@ class ClientsConfig:
 
 @dataclass
 class PgvaultConfig:
+    """Keys every command takes, then one node per command (its options)."""
+
     command: Command = Command.backup
     dir: str | None = None
     target: TargetConfig = field(default_factory=TargetConfig)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    quiet: bool = False
+    # Seconds a writer waits for another one in the same directory; 0 fails at once.
+    lock_timeout: float = 0.0
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    backup: BackupOptions = field(default_factory=BackupOptions)
+    list: ListOptions = field(default_factory=ListOptions)
+    prune: PruneOptions = field(default_factory=PruneOptions)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
-    clients: ClientsConfig = field(default_factory=ClientsConfig)
-    compression: Compression = Compression.none
-    quiet: bool = False
-    # Seconds a backup waits for another one in the same directory; 0 fails at once.
-    lock_timeout: float = 0.0
-    # list (and prune): also compare every file's sha256 with the manifest
-    format: OutputFormat = OutputFormat.text
-    check: bool = False
-    # prune
-    dry_run: bool = False
-    # restore / verify
-    prefix: str | None = None
-    yes: bool = False
-    force: bool = False
-    all: bool = False
+    show: ShowOptions = field(default_factory=ShowOptions)
 
 
 def register() -> None:

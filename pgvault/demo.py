@@ -1,7 +1,8 @@
 """`make demo` / `make selftest`: pgvault's main job on an embedded default.
 
 Starts a throwaway cluster, loads a small CRM database (sample_crm.sql), then runs
-backup -> list -> verify into a temp dir, and removes everything afterwards. With
+backup -> list -> verify -> (an accident) restore -> list -> prune dry run into a temp
+dir, and removes everything afterwards. With
 --selftest it exits non-zero unless the backup verifies (for CI and for users).
 
     python -m pgvault.demo [--selftest] [--bindir DIR]
@@ -12,17 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from pgvault import pipeline
-from pgvault.backup import run_backup
+from pgvault import commands, pipeline
 from pgvault.cluster import server_programs, throwaway
-from pgvault.config import PgvaultConfig, TargetConfig
+from pgvault.config import Command, PgvaultConfig, TargetConfig
 from pgvault.connection import connect
 from pgvault.errors import PgvaultError
-from pgvault.listing import run_list
 from pgvault.ui import Reporter
-from pgvault.verify import run_verify
 
 SAMPLE = Path(__file__).parent / "sample_crm.sql"
 
@@ -43,14 +42,26 @@ def run_demo(bindir: str | None, ui: Reporter) -> None:
             dir=str(Path(tmp) / "backups"), target=TargetConfig(name="demo", url=c.url("crm"))
         )
         cfg.clients.bindir = bindir
-        ui.say("$ pgvault backup")
-        run_backup(cfg, ui)
-        ui.say("\n$ pgvault list")
-        run_list(cfg, ui)
-        ui.say("\n$ pgvault verify")
-        run_verify(cfg, ui)
-        ui.say("\n$ pgvault list")
-        run_list(cfg, ui)
+        cfg.restore.yes = True
+        cfg.restore.prefix = "latest"
+        cfg.prune.dry_run = True
+
+        def step(command: Command, shown: str) -> None:
+            ui.say(f"\n$ pgvault {shown}")
+            commands.run(replace(cfg, command=command), ui)
+
+        step(Command.backup, "backup")
+        step(Command.list, "list")
+        step(Command.verify, "verify")
+        with connect(c.conn("crm"), autocommit=True) as pg:
+            pg.execute("DELETE FROM contacts")  # an accident worth a restore
+        ui.say("\n(the contacts table was just emptied by mistake)")
+        step(Command.restore, "restore prefix=latest yes=true")
+        with connect(c.conn("crm"), autocommit=True) as pg:
+            row = pg.execute("SELECT count(*) FROM contacts").fetchone()
+        ui.say(f"contacts holds {row[0] if row else 0} rows again.")
+        step(Command.list, "list")
+        step(Command.prune, "prune dry_run=true")
     ui.say("\nThe cluster and the temp dir are gone again. Try it on your own database:")
     ui.say("  BACKUP_DIR=/abs/path .venv/bin/pgvault backup target.url=postgresql://...")
 

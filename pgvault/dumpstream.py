@@ -47,6 +47,7 @@ def parse_copy_header(line: bytes) -> str:
 @dataclass
 class TableStats:
     rows: int = 0
+    nbytes: int = 0  # of its COPY rows as text: `show` reports it as the table's size
     hasher: Any = field(default_factory=hashlib.sha256)
 
     @property
@@ -121,6 +122,7 @@ class CopyStats:
                 term = found + 1 if found >= 0 else -1
             stop = end if term < 0 else term
             cur.rows += block.count(b"\n", pos, stop)
+            cur.nbytes += stop - pos
             cur.hasher.update(view[pos:stop])
             if term < 0:
                 return
@@ -142,7 +144,8 @@ class CopyStats:
 
     def result(self) -> dict[str, dict[str, object]]:
         return {
-            name: {"rows": st.rows, "sha256": st.sha256} for name, st in sorted(self.tables.items())
+            name: {"rows": st.rows, "size": st.nbytes, "sha256": st.sha256}
+            for name, st in sorted(self.tables.items())
         }
 
 

@@ -1,6 +1,7 @@
-"""`pgvault list` and `pgvault prune`: what a backup directory holds, and retention on demand.
+"""What a backup directory holds, as `pgvault list` shows it: each set's status, and the
+table and JSON document made of them.
 
-list only reads: it takes no lock and creates nothing, and it reads no backup file's
+Listing only reads: it takes no lock and creates nothing, and it reads no backup file's
 contents unless check=true (checksums); sizes come from stat and are always compared
 with the manifest. Every set is shown, whatever is wrong with it.
 """
@@ -8,55 +9,24 @@ with the manifest. Every set is shown, whatever is wrong with it.
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from pgvault import catalog, naming, retention
-from pgvault.config import OutputFormat, PgvaultConfig
+from pgvault.catalog import BackupSet, DiskFile
 from pgvault.errors import PgvaultError
-from pgvault.ui import Reporter, mb
+from pgvault.ui import mb
 
-Clock = Callable[[], datetime]
-
-STATUSES = ("complete", "incomplete", "damaged", "in progress")
+SCHEMA_ID = "https://pgvault.dev/schemas/list.schema.json"
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class FileView:
-    name: str
-    kind: str
-    size: int
-    partial: bool
-
-
-@dataclass(frozen=True)
-class SetView:
-    """One set as `pgvault list` shows it. status is one of STATUSES; problem says what
-    is wrong when it is not complete; verification is verified, failed or never."""
-
-    prefix: str
-    time: datetime | None
-    size: int
-    compression: str | None
-    status: str
-    problem: str | None
-    verification: str
-    verification_checked_at: str | None
-    files: tuple[FileView, ...]
-
-
-def inspect(bset: catalog.BackupSet, *, check: bool, locked: bool, newest: bool) -> SetView:
+def assess(bset: BackupSet, *, check: bool, locked: bool, newest: bool) -> BackupSet:
     """Given a scanned set, whether to compare checksums, whether a pgvault process holds
-    the directory's lock and whether this is the newest set, return how to show it."""
-    files = _file_views(bset)
+    the directory's lock and whether this is the newest set, fill in its status, problem
+    and files as found; return it."""
+    bset.on_disk = _disk_files(bset)
     problem: str | None = None
     if bset.complete:
         problem = retention.damage(bset, check=check)
@@ -71,50 +41,44 @@ def inspect(bset: catalog.BackupSet, *, check: bool, locked: bool, newest: bool)
         status, problem = "incomplete", "missing manifest.json"
     else:
         status, problem = "incomplete", retention.incomplete_reason(bset)
-    record = retention.read_verification(bset)
-    checked_at = record.get("checked_at") if record else None
-    return SetView(
-        prefix=bset.prefix,
-        time=bset.time,
-        size=sum(f.size for f in files),
-        compression=_compression(bset),
-        status=status,
-        problem=problem,
-        verification=str(record["verdict"]) if record else "never",
-        verification_checked_at=checked_at if isinstance(checked_at, str) else None,
-        files=files,
-    )
+    bset.status, bset.problem = status, problem
+    return bset
 
 
-def _file_views(bset: catalog.BackupSet) -> tuple[FileView, ...]:
+def _disk_files(bset: BackupSet) -> tuple[DiskFile, ...]:
     out = []
     for path in sorted(bset.all_paths()):
         parsed = naming.parse_file_name(path.name)
         with contextlib.suppress(FileNotFoundError):  # a concurrent prune removed it
             size = path.stat().st_size
             kind = parsed.kind if parsed else "?"
-            out.append(FileView(path.name, kind, size, path in bset.partial))
+            out.append(DiskFile(path.name, kind, size, path in bset.partial))
     return tuple(out)
 
 
-def _compression(bset: catalog.BackupSet) -> str | None:
-    if bset.manifest is not None and isinstance(bset.manifest.get("compression"), str):
-        return str(bset.manifest["compression"])
-    for path in bset.all_paths():
-        parsed = naming.parse_file_name(path.name)
-        if parsed is not None and parsed.kind == "data":
-            return parsed.compression
-    return None
+def _compression(bset: BackupSet) -> str | None:
+    if bset.manifest is not None:
+        return bset.manifest.compression
+    return bset.compression if "data" in bset.files else None
 
 
-def view_directory(directory: Path, *, check: bool) -> list[SetView]:
-    """Every set in directory, newest first, as `pgvault list` shows it."""
+def view_directory(directory: Path, *, check: bool) -> list[BackupSet]:
+    """Every set in directory, newest first, assessed."""
     try:
         sets = catalog.scan(directory)
     except OSError as e:
         raise PgvaultError(f"cannot read {directory}: {e.strerror}", "check its permissions") from e
     locked = bool(sets) and catalog.is_locked(directory)
-    return [inspect(s, check=check, locked=locked, newest=(i == 0)) for i, s in enumerate(sets)]
+    return [assess(s, check=check, locked=locked, newest=(i == 0)) for i, s in enumerate(sets)]
+
+
+def source_text(bset: BackupSet) -> str:
+    """Where a set came from: "crm 127.0.0.1:5432/crm PG 15.8" ("?" without a manifest)."""
+    m = bset.manifest
+    if m is None:
+        return "?"
+    where = f"{m.server}/{m.database}" if m.server else m.database
+    return f"{m.target} {where} PG {m.server_version.split(' ')[0]}"
 
 
 # -- Rendering -----------------------------------------------------------------------
@@ -141,32 +105,49 @@ def utc_text(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def render_text(directory: Path, views: list[SetView], now: datetime, check: bool) -> str:
+def _size(bset: BackupSet) -> int:
+    return sum(f.size for f in bset.on_disk)
+
+
+def render_text(directory: Path, sets: list[BackupSet], now: datetime, check: bool) -> str:
     """The table `pgvault list` prints: a header, one line per set, a summary."""
-    header = ("PREFIX", "TIME", "AGE", "SIZE", "COMPRESSION", "STATUS", "VERIFIED")
+    header = (
+        "PREFIX",
+        "TIME",
+        "AGE",
+        "SIZE",
+        "COMPRESSION",
+        "STATUS",
+        "VERIFIED",
+        "KIND",
+        "SOURCE",
+    )
     rows = [header]
-    for v in views:
+    for s in sets:
+        record = s.verification()
         rows.append(
             (
-                v.prefix,
-                local_time_text(v.time) if v.time else "?",
-                age_text((now - v.time).total_seconds()) if v.time else "?",
-                mb(v.size),
-                v.compression or "?",
-                v.status,
-                v.verification,
+                s.prefix,
+                local_time_text(s.time) if s.time else "?",
+                age_text((now - s.time).total_seconds()) if s.time else "?",
+                mb(_size(s)),
+                _compression(s) or "?",
+                s.status,
+                record.verdict if record else "never",
+                s.kind,
+                source_text(s),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"Backups in {directory}, newest first:"]
-    problems: list[str | None] = [None, *(v.problem for v in views)]
+    problems: list[str | None] = [None, *(s.problem for s in sets)]
     for row, problem in zip(rows, problems, strict=True):
         line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
         if problem:
             line += f"  {problem}"
         lines.append(line.rstrip())
-    bad = sum(v.status in ("incomplete", "damaged") for v in views)
-    summary = f"{len(views)} set(s), {mb(sum(v.size for v in views))}"
+    bad = sum(s.status in ("incomplete", "damaged") for s in sets)
+    summary = f"{len(sets)} set(s), {mb(sum(_size(s) for s in sets))}"
     if bad:
         summary += f"; {bad} need(s) a look"
     if not check:
@@ -175,100 +156,94 @@ def render_text(directory: Path, views: list[SetView], now: datetime, check: boo
     return "\n".join(lines)
 
 
-def render_json(directory: Path, views: list[SetView], now: datetime, check: bool) -> str:
+# -- The JSON document (its schema is published: scripts rely on it) -----------------
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListedFile(_Doc):
+    name: str
+    kind: str
+    size_bytes: int
+    partial: bool
+
+
+class ListedSource(_Doc):
+    target: str
+    env: str
+    server: str | None  # host:port as the backup reached it; null for old sets
+    database: str
+    server_version: str
+
+
+class ListedSet(_Doc):
+    prefix: str
+    time: str | None  # UTC, from the prefix; null when the name holds no valid date
+    age_seconds: int | None
+    size_bytes: int
+    compression: str | None
+    status: str  # complete, incomplete, damaged or in progress
+    problem: str | None
+    kind: str  # regular or safety
+    source: ListedSource | None  # null without a readable manifest
+    verification: str  # verified, failed or never
+    verification_checked_at: str | None
+    files: list[ListedFile]
+
+
+class ListDocument(_Doc):
+    directory: str
+    now: str
+    checksums_checked: bool
+    sets: list[ListedSet]
+
+
+def document(directory: Path, sets: list[BackupSet], now: datetime, check: bool) -> ListDocument:
     """The document `pgvault list format=json` prints: exact bytes, UTC times."""
-    doc: dict[str, Any] = {
-        "directory": str(directory),
-        "now": utc_text(now),
-        "checksums_checked": check,
-        "sets": [
-            {
-                "prefix": v.prefix,
-                "time": utc_text(v.time) if v.time else None,
-                "age_seconds": int((now - v.time).total_seconds()) if v.time else None,
-                "size_bytes": v.size,
-                "compression": v.compression,
-                "status": v.status,
-                "problem": v.problem,
-                "verification": v.verification,
-                "verification_checked_at": v.verification_checked_at,
-                "files": [
-                    {"name": f.name, "kind": f.kind, "size_bytes": f.size, "partial": f.partial}
-                    for f in v.files
+    out = []
+    for s in sets:
+        record = s.verification()
+        m = s.manifest
+        source = None
+        if m is not None:
+            source = ListedSource(
+                target=m.target,
+                env=m.env,
+                server=m.server,
+                database=m.database,
+                server_version=m.server_version,
+            )
+        out.append(
+            ListedSet(
+                prefix=s.prefix,
+                time=utc_text(s.time) if s.time else None,
+                age_seconds=int((now - s.time).total_seconds()) if s.time else None,
+                size_bytes=_size(s),
+                compression=_compression(s),
+                status=s.status,
+                problem=s.problem,
+                kind=s.kind,
+                source=source,
+                verification=record.verdict if record else "never",
+                verification_checked_at=utc_text(record.checked_at) if record else None,
+                files=[
+                    ListedFile(name=f.name, kind=f.kind, size_bytes=f.size, partial=f.partial)
+                    for f in s.on_disk
                 ],
-            }
-            for v in views
-        ],
-    }
-    return json.dumps(doc, indent=2)
-
-
-def _emit(ui: Reporter, text: str) -> None:
-    """Print a command's answer as it is: not chatter, so quiet does not hide it; and
-    written straight to the console's file, as rich takes ~0.3 s to lay out 1,000 sets."""
-    ui.out.file.write(text + "\n")
-    ui.out.file.flush()
-
-
-# -- Commands ------------------------------------------------------------------------
-
-
-def run_list(cfg: PgvaultConfig, ui: Reporter, *, clock: Clock = utc_now) -> list[SetView]:
-    """Given a config (dir, format, check), print the directory's sets; return them.
-    A missing directory holds no backups: that is an answer, not an error."""
-    directory = catalog.backup_dir(cfg.dir, create=False)
-    views = view_directory(directory, check=cfg.check)
-    now = clock()
-    if cfg.format is OutputFormat.json:
-        _emit(ui, render_json(directory, views, now, cfg.check))
-    elif not views:
-        _emit(ui, f"No backups found in {directory}.")
-    else:
-        _emit(ui, render_text(directory, views, now, cfg.check))
-    return views
-
-
-def run_prune(
-    cfg: PgvaultConfig, ui: Reporter, *, clock: Clock = utc_now
-) -> retention.PruneResult | None:
-    """Given a config (dir, retention, dry_run, check), apply retention to the directory
-    under its lock, or with dry_run=true only show each set's fate. Returns the result,
-    or None when the directory does not exist."""
-    directory = catalog.backup_dir(cfg.dir, create=False)
-    retention.check_policy(cfg.retention)
-    if not directory.exists():
-        ui.say(f"No backups found in {directory}.")
-        return None
-    try:
-        if cfg.dry_run:  # reads only, like list: no lock, so it works on a read-only dir
-            result = _prune(cfg, directory, clock)
-        else:
-            with catalog.locked(directory, timeout=cfg.lock_timeout, what="prune"):
-                result = _prune(cfg, directory, clock)
-    except OSError as e:
-        raise PgvaultError(
-            f"cannot prune {directory}: {e.strerror}", "check the directory's permissions"
-        ) from e
-    if cfg.dry_run:
-        ui.say(f"Retention in {directory} ({policy_text(cfg)}), dry run:")
-        for d in result.decisions:
-            ui.say(f"  {'keep' if d.keep else 'delete':6}  {d.prefix}  {d.reason}")
-    else:
-        for prefix in result.deleted_sets:
-            ui.say(f"  deleted {prefix}")
-    retention.report(ui, result)
-    return result
-
-
-def _prune(cfg: PgvaultConfig, directory: Path, clock: Clock) -> retention.PruneResult:
-    return retention.prune(
-        directory, cfg.retention, now=clock(), dry_run=cfg.dry_run, check=cfg.check
+            )
+        )
+    return ListDocument(
+        directory=str(directory), now=utc_text(now), checksums_checked=check, sets=out
     )
 
 
-def policy_text(cfg: PgvaultConfig) -> str:
-    """The policy's switched-on rules: "days=7, keep_last=3"."""
-    r = cfg.retention
-    names = ("days", "keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
-    rules = [f"{n}={getattr(r, n)}" for n in names if getattr(r, n) > 0]
-    return ", ".join(rules) or "no rules: only the newest sets are kept"
+def render_json(directory: Path, sets: list[BackupSet], now: datetime, check: bool) -> str:
+    return document(directory, sets, now, check).model_dump_json(indent=2)
+
+
+def json_schema() -> dict[str, object]:
+    schema = ListDocument.model_json_schema()
+    schema["title"] = "pgvault list format=json"
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}

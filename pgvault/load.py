@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from pgvault import clients, pipeline
+from pgvault.catalog import BackupSet
 from pgvault.connection import Conn
 from pgvault.dumpfilter import Entry, EntryFilter, chain
 from pgvault.dumpstream import DataFilter, drop_lines
 from pgvault.errors import ClientProgramError, IntegrityError, PgvaultError
+from pgvault.listener import Listener, Silent
+from pgvault.manifest import TableEntry
 from pgvault.profiles import Plan
 
 # Server versions before 17 reject this line, which pg_dump 17 and newer write.
@@ -86,30 +87,6 @@ END $pgvault$;
 """
 
 
-@dataclass(frozen=True)
-class LoadedSet:
-    """A set ready to restore: its directory, files by kind and manifest."""
-
-    prefix: str
-    directory: Path
-    files: dict[str, Path]
-    manifest: dict[str, Any]
-
-    @property
-    def compression(self) -> str:
-        return str(self.manifest.get("compression", "none"))
-
-    @property
-    def dump_version(self) -> str:
-        """Version of the pg_dump that wrote the set ("0" when the manifest lacks it)."""
-        return str(self.manifest.get("clients", {}).get("version", "0"))
-
-    @property
-    def dump_major(self) -> int:
-        m = re.match(r"\d+", self.dump_version)
-        return int(m.group()) if m else 0
-
-
 # The releases from which pg_dump writes `\restrict` lines and psql reads them; an older
 # psql of the same major version stops at the first one.
 _RESTRICT_SINCE = {13: (13, 22), 14: (14, 19), 15: (15, 14), 16: (16, 10), 17: (17, 6)}
@@ -155,11 +132,11 @@ def psql_for(
     )
 
 
-def row_mismatches(expected: dict[str, Any], seen: dict[str, int]) -> list[str]:
+def row_mismatches(expected: Mapping[str, TableEntry], seen: dict[str, int]) -> list[str]:
     """Tables whose row count in the data stream differs from the manifest's."""
     out = []
     for name in sorted(set(expected) | set(seen)):
-        want = expected[name]["rows"] if name in expected else None
+        want = expected[name].rows if name in expected else None
         got = seen.get(name)
         if want != got:
             out.append(f"{name} has {'no' if got is None else got} rows, the backup had {want}")
@@ -167,7 +144,7 @@ def row_mismatches(expected: dict[str, Any], seen: dict[str, int]) -> list[str]:
 
 
 def restore_parts(
-    bset: LoadedSet,
+    bset: BackupSet,
     server_major: int,
     *,
     strict: bool = True,
@@ -180,9 +157,11 @@ def restore_parts(
     file cut between two tables restores cleanly otherwise). schema_keep: leave out the
     schema file's entries for which it is false (verify: extensions a server lacks)."""
     drop = _NEW_SETTINGS if server_major < 17 else ()
-    offset = int(bset.manifest["schema_post_data_offset"])
+    assert bset.manifest is not None, "restore_parts takes a complete set"
+    manifest = bset.manifest
+    offset = manifest.schema_post_data_offset
     decompress = clients.decompressor(bset.compression)
-    wipe = Plan.from_manifest(bset.manifest).wipe_sql() or WIPE_SQL
+    wipe = Plan.from_manifest(manifest).wipe_sql() or WIPE_SQL
 
     def sql_file(
         path: Path,
@@ -216,8 +195,7 @@ def restore_parts(
                 f"{bset.files['data'].name} ends inside the data of {data.open_copy}",
                 "the file is truncated; restore another set",
             )
-        expected = bset.manifest.get("tables")
-        if strict and expected is not None and (wrong := row_mismatches(expected, data.rows)):
+        if strict and (wrong := row_mismatches(manifest.tables, data.rows)):
             more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
             raise IntegrityError(
                 f"{bset.files['data'].name} disagrees with the manifest: {'; '.join(wrong[:3])}"
@@ -242,21 +220,43 @@ class RestoreFailed(PgvaultError):
         self.detail = detail
 
 
+def stream_size(bset: BackupSet) -> int | None:
+    """About how many bytes psql reads for the set (None: unknown, for a compressed data
+    file of a set older than the raw size in its manifest)."""
+    m = bset.manifest
+    if m is None:
+        return None
+    data = m.data_raw_bytes
+    if data is None and m.compression == "none":
+        data = m.files["data"].size
+    return None if data is None else m.files["roles"].size + m.files["schema"].size + data
+
+
 def load_set(
-    bset: LoadedSet,
+    bset: BackupSet,
     conn: Conn,
     psql: str,
     server_major: int,
     *,
     strict: bool = True,
     schema_keep: Callable[[Entry], bool] | None = None,
+    progress: Listener | None = None,
 ) -> None:
     """Replace conn's database with the set, atomically: on any failure nothing changed.
-    strict and schema_keep: see restore_parts."""
+    strict and schema_keep: see restore_parts; progress hears of the bytes psql reads."""
     argv = [psql, *clients.psql_args(conn.conninfo)]
     parts = restore_parts(bset, server_major, strict=strict, schema_keep=schema_keep)
     try:
-        pipeline.stream_into(argv, conn.env(), parts)
+        with (progress or Silent()).transfer("restore", stream_size(bset)) as advance:
+
+            def counted(running: list[pipeline.Stage]) -> Iterator[bytes]:
+                done = 0
+                for chunk in parts(running):
+                    done += len(chunk)
+                    advance(done)
+                    yield chunk
+
+            pipeline.stream_into(argv, conn.env(), counted)
     except OSError as e:  # a set file went away or could not be read mid-stream
         detail = f"cannot read {e.filename or 'a set file'}: {e.strerror}"
         raise RestoreFailed(f"restore failed, {conn.dbname} is unchanged", detail) from None

@@ -14,7 +14,6 @@ interrupted prune leaves a set that reads as incomplete, never one that looks co
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,7 +22,6 @@ from pathlib import Path
 from pgvault import catalog, naming
 from pgvault.config import RetentionConfig
 from pgvault.errors import ConfigError, PgvaultError
-from pgvault.ui import Reporter
 
 VERDICTS = ("verified", "failed")
 
@@ -83,22 +81,8 @@ def verification_status(bset: catalog.BackupSet) -> str:
     A missing, unreadable or garbled record reads as "never": no verdict can be trusted
     from it, and listing must not fail because of it.
     """
-    record = read_verification(bset)
-    return str(record["verdict"]) if record is not None else "never"
-
-
-def read_verification(bset: catalog.BackupSet) -> dict[str, object] | None:
-    """Return the set's verify record when it is a JSON object with a known verdict."""
-    path = bset.files.get("verify")
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("verdict") not in VERDICTS:
-        return None
-    return data
+    record = bset.verification()
+    return record.verdict if record is not None else "never"
 
 
 def damage(bset: catalog.BackupSet, *, check: bool = False) -> str | None:
@@ -108,7 +92,7 @@ def damage(bset: catalog.BackupSet, *, check: bool = False) -> str | None:
         return bset.manifest_error
     if bset.manifest is None:
         return None
-    problems = catalog.file_problems(bset.prefix, bset.files, bset.manifest, checksums=check)
+    problems = catalog.file_problems(bset, checksums=check)
     return problems[0] if problems else None
 
 
@@ -298,17 +282,3 @@ def prune(
         result.deleted_files += len(deletion_order(bset)) if dry_run else delete_set(bset)
         result.deleted_sets.append(d.prefix)
     return result
-
-
-def report(ui: Reporter, result: PruneResult) -> None:
-    """Say what was cleaned up, and warn about every set kept because it needs a look."""
-    for d in result.decisions:
-        if d.flagged and not result.dry_run:  # a dry run shows every decision anyway
-            ui.warn(f"{d.prefix} is {d.reason}")
-    n, files = len(result.deleted_sets), result.deleted_files
-    if result.dry_run:
-        ui.ok(f"Dry run: would clean up {n} old backup set(s) ({files} files); deleted nothing")
-    elif n:
-        ui.ok(f"Cleaned up {n} old backup set(s) ({files} files)")
-    else:
-        ui.ok("No old backups to clean up")

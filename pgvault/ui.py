@@ -1,13 +1,21 @@
-"""What pgvault shows a person: messages on stdout, progress on stderr's terminal."""
+"""What pgvault shows a person: messages on stdout, progress bars on stderr's terminal."""
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from pgvault.listener import Progress as Advance
 
 MB = 1024 * 1024
 
@@ -17,7 +25,7 @@ def mb(size: int) -> str:
 
 
 class Reporter:
-    """quiet=True prints nothing but errors (for cron)."""
+    """The CLI's listener. quiet=True prints nothing but warnings and errors (for cron)."""
 
     def __init__(self, *, quiet: bool = False, out: Console | None = None) -> None:
         self.quiet = quiet
@@ -28,6 +36,9 @@ class Reporter:
         if not self.quiet:
             self.out.print(text, markup=False)
 
+    def note(self, text: str) -> None:
+        self.say(text)
+
     def ok(self, text: str) -> None:
         self.say(f"✓ {text}")
 
@@ -35,26 +46,28 @@ class Reporter:
         self.err.print(f"pgvault: warning: {text}", markup=False)
 
     @contextmanager
-    def transfer(self, label: str) -> Iterator[Callable[[int], None]]:
-        """Yield a callback taking bytes done; draws a progress line on a terminal only."""
+    def transfer(self, label: str, total: int | None = None) -> Iterator[Advance]:
+        """Yield a callback taking bytes done; draws a progress bar (bytes, total, ETA)
+        on a terminal only. total may be an estimate, or None when unknown."""
         if self.quiet or not self.err.is_terminal:
             yield lambda _done: None
             return
-        start = time.monotonic()
-        last = [0.0]
+        columns = [
+            TextColumn(f"  {label}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=self.err, transient=True) as bar:
+            task = bar.add_task(label, total=total)
 
-        def update(done: int) -> None:
-            now = time.monotonic()
-            if now - last[0] < 0.25:
-                return
-            last[0] = now
-            rate = done / max(now - start, 1e-6)
-            sys.stderr.write(f"\r  {label}: {mb(done)} at {mb(int(rate))}/s   ")
-            sys.stderr.flush()
+            def advance(done: int) -> None:
+                # An estimate can be short: grow it rather than stall at 100%.
+                known = bar.tasks[0].total
+                if known is not None and done > known:
+                    bar.update(task, total=done)
+                bar.update(task, completed=done)
 
-        try:
-            yield update
-        finally:
-            if last[0]:
-                sys.stderr.write("\r\033[K")
-                sys.stderr.flush()
+            yield advance

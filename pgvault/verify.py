@@ -11,27 +11,37 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from psycopg import sql
 
-from pgvault import catalog, clients, load, naming, pipeline, restore
+from pgvault import catalog, clients, load, naming, pipeline
+from pgvault.catalog import BackupSet
 from pgvault.cluster import server_programs, throwaway
 from pgvault.config import PgvaultConfig, Profile
 from pgvault.connection import Conn, conn_from_url, connect
 from pgvault.dumpstream import CopyStats
-from pgvault.errors import ConfigError, NotFound, PgvaultError, VerifyMismatch
+from pgvault.errors import ConfigError, NotFound, PgvaultError
 from pgvault.facts import pgoptions, read_facts
+from pgvault.listener import Listener
+from pgvault.manifest import (
+    HISTORY,
+    Manifest,
+    PastVerdict,
+    TableEntry,
+    VerifyRecord,
+    read_verify_record,
+)
 from pgvault.profiles import Plan, skip_entries
 from pgvault.profiles.standin import supabase_standin
-from pgvault.ui import Reporter
 
-VERIFIED, FAILED = "verified", "failed"
+VERIFIED: Literal["verified"] = "verified"
+FAILED: Literal["failed"] = "failed"
 
 
 @dataclass
@@ -62,21 +72,23 @@ class VerifyResult:
     def ok(self) -> bool:
         return not self.problems and all(t.ok for t in self.tables)
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> VerifyRecord:
         bad = [t.name for t in self.tables if not t.ok]
-        return {
-            "verdict": VERIFIED if self.ok else FAILED,
-            "checked_at": datetime.now(UTC).isoformat(),
-            "duration_s": round(self.duration_s, 3),
-            "server_version": self.server_version,
-            "tables": len(self.tables),
-            "rows": sum(t.rows or 0 for t in self.tables),
-            "problems": [*self.problems, *(f"table {n} differs" for n in bad)],
-            "not_checked": self.unchecked,
-        }
+        return VerifyRecord(
+            verdict=VERIFIED if self.ok else FAILED,
+            checked_at=datetime.now(UTC),
+            duration_s=round(self.duration_s, 3),
+            server_version=self.server_version,
+            tables=len(self.tables),
+            rows=sum(t.rows or 0 for t in self.tables),
+            problems=[*self.problems, *(f"table {n} differs" for n in bad)],
+            not_checked=self.unchecked,
+        )
 
 
-def compare_tables(expected: dict[str, Any], actual: dict[str, dict[str, Any]]) -> list[TableCheck]:
+def compare_tables(
+    expected: Mapping[str, TableEntry], actual: dict[str, dict[str, Any]]
+) -> list[TableCheck]:
     """Given the manifest's tables and the restored database's (rows, sha256 per table),
     return one check per table either side knows."""
     checks = []
@@ -86,27 +98,27 @@ def compare_tables(expected: dict[str, Any], actual: dict[str, dict[str, Any]]) 
             TableCheck(
                 name,
                 None if got is None else int(got["rows"]),
-                None if want is None else int(want["rows"]),
-                want is not None and got is not None and want["sha256"] == got["sha256"],
+                None if want is None else want.rows,
+                want is not None and got is not None and want.sha256 == got["sha256"],
             )
         )
     return checks
 
 
-def compare_facts(manifest: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+def compare_facts(manifest: Manifest, facts: dict[str, Any]) -> list[str]:
     """What the restored database's facts lack or change against the manifest's."""
     problems = []
-    for name, value in sorted(manifest.get("sequences", {}).items()):
+    for name, value in sorted(manifest.sequences.items()):
         got = facts["sequences"].get(name, "missing")
         if got != value:
             problems.append(f"sequence {name} is {got}, the backup had {value}")
     for key, what in (("roles", "role"), ("indexes", "index"), ("constraints", "constraint")):
-        missing = sorted(set(manifest.get(key, [])) - set(facts[key]))
+        missing = sorted(set(getattr(manifest, key)) - set(facts[key]))
         problems += [f"{what} {name} is missing" for name in missing]
-    for name in manifest.get("matviews", []):
+    for name in manifest.matviews:
         if name not in facts["matviews"]:
             problems.append(f"materialized view {name} is not populated")
-    want_lo = int(manifest.get("large_objects", 0))
+    want_lo = manifest.large_objects
     if facts["large_objects"] != want_lo:
         problems.append(f"{facts['large_objects']} large objects, the backup had {want_lo}")
     return problems
@@ -169,12 +181,13 @@ class Scratch:
 
 
 @contextlib.contextmanager
-def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[Scratch]:
+def scratch(cfg: PgvaultConfig, bset: BackupSet) -> Iterator[Scratch]:
     """Yield an empty database to restore into: in a throwaway cluster (stopped and
     removed afterwards, whatever happens) or the scratch database verify.target names
     (emptied afterwards). A Supabase set gets a Supabase-shaped throwaway cluster."""
-    major = int(bset.manifest.get("server_major", 0))
-    plan = Plan.from_manifest(bset.manifest)
+    m = _manifest(bset)
+    major = m.server_major
+    plan = Plan.from_manifest(m)
     if plan.scope is not None and cfg.verify.target != "ephemeral":
         raise ConfigError(
             f"{bset.prefix} is a Supabase set, which verify restores only into a throwaway "
@@ -188,7 +201,7 @@ def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[Scratch]:
             bset.dump_version,
         )  # fmt: skip
         # Not the source's name: the cluster has a `postgres` database already.
-        create = create_database_sql(SCRATCH_DB, str(bset.manifest.get("encoding", "UTF8")))
+        create = create_database_sql(SCRATCH_DB, m.encoding)
         if plan.scope is not None:
             with supabase_standin(
                 programs, plan.scope, bset.files, psql, SCRATCH_DB, create,
@@ -225,25 +238,35 @@ def scratch(cfg: PgvaultConfig, bset: load.LoadedSet) -> Iterator[Scratch]:
             pg.execute(load.WIPE_SQL)
 
 
-def verify_set(cfg: PgvaultConfig, bset: load.LoadedSet) -> VerifyResult:
+def _manifest(bset: BackupSet) -> Manifest:
+    assert bset.manifest is not None, "verify takes a complete set"
+    return bset.manifest
+
+
+def verify_set(
+    cfg: PgvaultConfig, bset: BackupSet, progress: Listener | None = None
+) -> VerifyResult:
     """Restore bset into an empty database and compare it with its manifest. Raises
     PgvaultError only when the check could not run; a bad set is a failed result."""
-    result = VerifyResult(bset.prefix, profile=Plan.from_manifest(bset.manifest).profile)
+    result = VerifyResult(bset.prefix, profile=Plan.from_manifest(_manifest(bset)).profile)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Checksums are read while the cluster starts (hashing releases the GIL).
-        checked = pool.submit(restore.file_problems, bset)
+        checked = pool.submit(catalog.file_problems, bset, checksums=True)
         with scratch(cfg, bset) as target:
             result.problems += checked.result()
-            _restore_and_compare(bset, target, result)
+            _restore_and_compare(bset, target, result, progress)
     result.duration_s = time.monotonic() - started
     return result
 
 
-def _restore_and_compare(bset: load.LoadedSet, target: Scratch, result: VerifyResult) -> None:
+def _restore_and_compare(
+    bset: BackupSet, target: Scratch, result: VerifyResult, progress: Listener | None
+) -> None:
     """Load bset into the target's empty database, then fill result with the comparison."""
-    expected = bset.manifest.get("tables", {})
-    plan = Plan.from_manifest(bset.manifest)
+    m = _manifest(bset)
+    expected = m.tables
+    plan = Plan.from_manifest(m)
     with connect(target.admin, autocommit=True) as pg:
         result.server_version = str(pg.info.parameter_status("server_version") or "")
     missing = sorted(target.unavailable)
@@ -253,7 +276,9 @@ def _restore_and_compare(bset: load.LoadedSet, target: Scratch, result: VerifyRe
     ] + target.notes
     keep = skip_entries(set(missing)) if missing else None
     try:
-        load.load_set(bset, target.conn, target.psql, target.major, schema_keep=keep)
+        load.load_set(
+            bset, target.conn, target.psql, target.major, schema_keep=keep, progress=progress
+        )
     except PgvaultError as e:
         if missing:
             raise PgvaultError(
@@ -277,17 +302,17 @@ def _restore_and_compare(bset: load.LoadedSet, target: Scratch, result: VerifyRe
     argv = [pg_dump, "--data-only", "-B", "--no-password", f"--dbname={target.admin.conninfo}",
             *plan.data_args()]  # fmt: skip
     env = target.admin.env()
-    settings = bset.manifest.get("output_settings", {})
+    settings = m.output_settings
     if settings:
         env["PGOPTIONS"] = pgoptions(settings, env.get("PGOPTIONS", ""))
     pipeline.observe(argv, env, [stats])
     result.tables = compare_tables(expected, stats.result())
     with connect(target.admin, autocommit=True) as pg:
         facts = read_facts(pg, skip_schemas=plan.platform_schemas)
-        result.problems += compare_facts(bset.manifest, facts)
+        result.problems += compare_facts(m, facts)
 
 
-def file_tables(bset: load.LoadedSet) -> dict[str, dict[str, Any]]:
+def file_tables(bset: BackupSet) -> dict[str, dict[str, Any]]:
     """Rows and content checksum per table as the set's data file holds them."""
     stats = CopyStats()
     decompress = clients.decompressor(bset.compression)
@@ -299,80 +324,43 @@ def file_tables(bset: load.LoadedSet) -> dict[str, dict[str, Any]]:
     return stats.result()
 
 
-def write_record(ui: Reporter, directory: Path, result: VerifyResult) -> None:
-    """Record the verdict beside the set, unless the set went away meanwhile. A record
-    that cannot be written is a warning: the verdict itself stands."""
+def write_record(ui: Listener, directory: Path, result: VerifyResult) -> None:
+    """Record the verdict beside the set (the earlier ones go into its history), unless
+    the set went away meanwhile. A record that cannot be written is a warning: the
+    verdict itself stands."""
     manifest = directory / naming.file_name(result.prefix, "manifest")
     try:
         with catalog.locked(directory, timeout=60, what="verify"):
             if manifest.exists():
                 path = directory / naming.file_name(result.prefix, "verify")
-                catalog.write_json_atomic(path, result.record())
+                record = result.record()
+                old = read_verify_record(path) if path.exists() else None
+                if old is not None:
+                    past = PastVerdict(
+                        verdict=old.verdict, checked_at=old.checked_at, problems=old.problems
+                    )
+                    history = [past, *old.history][:HISTORY]
+                    record = record.model_copy(update={"history": history})
+                catalog.write_json_atomic(path, record.to_json())
     except (OSError, PgvaultError) as e:
         why = e.line() if isinstance(e, PgvaultError) else str(e.strerror)
         ui.warn(f"the verdict on {result.prefix} was not recorded: {why}")
 
 
-def report(ui: Reporter, result: VerifyResult) -> None:
-    how = " as postgres, in a Supabase-shaped cluster" if result.profile == "supabase" else ""
-    ui.say(f"{result.prefix} (profile {result.profile}, restored{how} on PostgreSQL "
-           f"{result.server_version}):")  # fmt: skip
-    for t in result.tables:
-        mark = "✓" if t.ok else "✗"
-        if t.rows is None:
-            detail = "missing"
-        elif t.expected_rows is None:
-            detail = f"{t.rows} rows, not in the manifest"
-        elif t.rows != t.expected_rows:
-            detail = f"{t.rows} rows, the backup had {t.expected_rows}"
-        elif not t.content_ok:
-            detail = f"{t.rows} rows, content differs"
-        else:
-            detail = f"{t.rows} rows"
-        ui.say(f"  {mark} {t.name}: {detail}")
-    if not result.restored:
-        ui.say("  (the restore failed: the tables above are as the data file holds them)")
-    for problem in result.problems:
-        ui.say(f"  ✗ {problem}")
-    for note in result.unchecked:
-        ui.say(f"  ? not checked: {note}")
-    rows = sum(t.rows or 0 for t in result.tables)
-    if result.ok:
-        ui.ok(
-            f"{result.prefix} verified: {len(result.tables)} tables, {rows} rows match "
-            f"({result.duration_s:.1f} s)"
-        )
-    else:
-        bad = len(result.problems) + sum(not t.ok for t in result.tables)
-        ui.say(f"✗ {result.prefix} does NOT match its backup: {bad} problem(s)")
-
-
-def sets_to_verify(cfg: PgvaultConfig) -> list[load.LoadedSet]:
-    """prefix= names one set; all=true every complete set; else the newest complete one."""
-    if cfg.prefix:
-        found_dir, prefix = restore.resolve_prefix(cfg.prefix, cfg.dir)
-        return [restore.find_set(found_dir, prefix)]
+def sets_to_verify(cfg: PgvaultConfig) -> list[BackupSet]:
+    """prefix= names one set; all=true every complete set; else the newest complete set
+    that is not a safety backup (the one a restore would be taken from)."""
+    opts = cfg.verify
+    if opts.prefix:
+        found_dir, prefix = catalog.resolve_prefix(opts.prefix, cfg.dir)
+        return [catalog.find_set(found_dir, prefix)]
     directory = catalog.backup_dir(cfg.dir, create=False)
     scanned = catalog.scan(directory)  # once: each set's manifest is read here
-    complete = [s.prefix for s in scanned if s.complete]
-    if not complete:
+    if opts.all:
+        chosen = [s.prefix for s in scanned if s.complete]
+    else:
+        newest = catalog.newest(scanned)
+        chosen = [newest.prefix] if newest is not None else []
+    if not chosen:
         raise NotFound(f"no complete backup set in {directory}", "run `pgvault backup` first")
-    chosen = complete if cfg.all else complete[:1]
-    return [restore.find_set(directory, p, scanned) for p in chosen]
-
-
-def run_verify(cfg: PgvaultConfig, ui: Reporter) -> list[VerifyResult]:
-    """Verify the chosen sets, record each verdict, and raise VerifyMismatch (exit 3)
-    when any does not match."""
-    results = []
-    for bset in sets_to_verify(cfg):
-        result = verify_set(cfg, bset)
-        report(ui, result)
-        write_record(ui, bset.directory, result)
-        results.append(result)
-    failed = [r.prefix for r in results if not r.ok]
-    if failed:
-        raise VerifyMismatch(
-            f"{', '.join(failed)} did not verify", "see the report above; keep an older set"
-        )
-    return results
+    return [catalog.find_set(directory, p, scanned) for p in chosen]

@@ -14,6 +14,7 @@ from pgvault.config import Profile
 from pgvault.dumpfilter import Entry, EntryFilter, chain
 from pgvault.dumpstream import RolesRewriter
 from pgvault.errors import ConfigError
+from pgvault.manifest import Manifest
 from pgvault.profiles import supabase
 from pgvault.profiles.supabase_roles import SupabaseRoles
 
@@ -69,10 +70,10 @@ class Plan:
         return out
 
     @classmethod
-    def from_manifest(cls, m: dict[str, Any]) -> Plan:
-        if m.get("profile") == Profile.supabase.value:
-            return cls(Profile.supabase.value, supabase.SupabaseScope.from_manifest(
-                m.get("supabase", {})))  # fmt: skip
+    def from_manifest(cls, m: Manifest) -> Plan:
+        if m.profile == Profile.supabase.value:
+            scope = m.supabase.model_dump() if m.supabase is not None else {}
+            return cls(Profile.supabase.value, supabase.SupabaseScope.from_manifest(scope))
         return cls()
 
 

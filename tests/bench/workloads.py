@@ -21,6 +21,7 @@ from pgvault import catalog, naming
 from pgvault.clients import Programs
 from pgvault.cluster import Cluster
 from pgvault.connection import connect
+from pgvault.manifest import read_manifest
 
 from .measure import BenchError, Sample, clean_env, median, run_pgvault, run_sequence, run_timed
 from .report import Row, announce
@@ -126,7 +127,7 @@ def seed_backup_steps(b: Bench, d: Path) -> list[tuple[list[str], Path]]:
 def synthetic_sets(source: Path, prefix: str, dest: Path, count: int) -> None:
     """Fill dest with count sets made from one real set: its files hard-linked (no copy
     of the data) under new prefixes, each with a manifest rewritten to match."""
-    manifest = catalog.read_manifest(source / naming.file_name(prefix, "manifest"))
+    manifest = read_manifest(source / naming.file_name(prefix, "manifest")).to_json()
     when = naming.parse_prefix(prefix)
     for i in range(count):
         stamp = when - timedelta(hours=i + 1)
@@ -142,7 +143,7 @@ def synthetic_sets(source: Path, prefix: str, dest: Path, count: int) -> None:
 
 
 def bench_list(b: Bench, scale: int, set_dir: Path, prefix: str) -> list[Row]:
-    if not available("pgvault.listing", "run_list"):
+    if not available("pgvault.commands.list", "run"):
         return [Row(scale, "list", note="skipped: pgvault list not available")]
     many = fresh_dir(b.work / f"s{scale}", "list")
     synthetic_sets(set_dir, prefix, many, LIST_SETS)
@@ -184,7 +185,7 @@ def restore_args(set_dir: Path, prefix: str) -> list[str]:
 
 def bench_restore(b: Bench, scale: int, set_dir: Path, prefix: str) -> tuple[list[Row], float]:
     """Return the rows and the seed restore's median (verify's baseline)."""
-    ours = available("pgvault.restore", "run_restore")
+    ours = available("pgvault.commands.restore", "run")
     note = "" if ours else "skipped: pgvault restore not available"
     mine: list[float] = []
     seed: list[float] = []
@@ -210,7 +211,7 @@ def bench_restore(b: Bench, scale: int, set_dir: Path, prefix: str) -> tuple[lis
 
 def bench_verify(b: Bench, scale: int, set_dir: Path, prefix: str, seed: float) -> list[Row]:
     allowance = seed + VERIFY_ALLOWANCE
-    if not available("pgvault.verify", "run_verify"):
+    if not available("pgvault.commands.verify", "run"):
         return [Row(scale, "verify", "s", None, allowance, "seed psql + 3 s", max_ratio=1.0,
                     note="skipped: pgvault verify not available")]  # fmt: skip
     args = ["verify", f"dir={set_dir}", f"prefix={prefix}", "quiet=true"]

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -410,7 +411,8 @@ def test_retention_runs_after_success_and_never_after_failure(small_db, backup_d
 
 
 def test_a_terminal_sees_a_progress_line(big_db, backup_dir):
-    """On a terminal (a real pty here) the data dump shows bytes and rate on stderr."""
+    """On a terminal (a real pty here) the data dump shows a bar on stderr: bytes of an
+    estimated total, the rate and the time left."""
     import pty
 
     leader, follower = pty.openpty()
@@ -435,7 +437,8 @@ def test_a_terminal_sees_a_progress_line(big_db, backup_dir):
     os.close(leader)
     out, _ = proc.communicate()
     assert proc.returncode == 0
-    assert b"data: " in seen and b"MB/s" in seen
+    assert b"  data " in seen and b"MB/s" in seen and b"ETA" in seen
+    assert re.search(rb"\d+(\.\d+)?/\d+(\.\d+)? MB", seen)
     assert "Backup completed successfully" in out
 
 

@@ -43,7 +43,7 @@ def test_help_lists_the_commands(tmp_path):
     [
         ((), "no command given"),
         (("bakcup",), "unknown command 'bakcup'"),
-        (("backup", "target.prot=1"), "Key 'prot' not in 'TargetConfig'"),
+        (("backup", "target.prot=1"), "unknown key 'target.prot'"),
         (("backup", "compression=lz4"), "expected one of [none, gzip, zstd]"),
         (("backup", "target=nope"), "Could not find 'target/nope'"),
         (("backup", "retention.days=many"), "retention.days"),
@@ -60,8 +60,11 @@ def test_bad_input_is_one_line(tmp_path, args, expected):
 def test_cfg_job_shows_the_composed_config(tmp_path):
     res = run_pgvault("backup", "--cfg", "job", "env=prod", env=pgvault_env(), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "compression: zstd" in res.stdout and "allowed: false" in res.stdout
-    assert "hydra:" not in res.stdout
+    assert "compression: zstd" in res.stdout and "keep_monthly: 12" in res.stdout
+    assert "hydra:" not in res.stdout and "allowed:" not in res.stdout  # restore's, not backup's
+    res = run_pgvault("restore", "--cfg", "job", "env=prod", env=pgvault_env(), cwd=tmp_path)
+    assert res.returncode == 0 and "allowed: false" in res.stdout
+    assert "compression:" not in res.stdout
     hydra = run_pgvault("backup", "--cfg", "hydra", env=pgvault_env(), cwd=tmp_path)
     assert hydra.returncode == 0 and "output_subdir: null" in hydra.stdout
     assert list(tmp_path.iterdir()) == []
@@ -141,13 +144,13 @@ def test_multirun_runs_every_job_and_litters_nothing(pg_cluster, tmp_path):
 def test_a_non_editable_install_finds_its_configs(tmp_path):
     """pip install (not editable) into a target dir, then run it away from the source."""
     target = tmp_path / "site"
-    subprocess.run(
+    built = subprocess.run(
         [
             sys.executable,
             "-m",
             "pip",
             "install",
-            "-q",
+            "-v",
             "--no-deps",
             "--no-build-isolation",
             "--target",
@@ -156,8 +159,13 @@ def test_a_non_editable_install_finds_its_configs(tmp_path):
         ],
         check=True,
         capture_output=True,
+        text=True,
     )
+    # Every config folder is a declared package: setuptools has nothing to warn about.
+    assert "is absent from the `packages` configuration" not in built.stdout + built.stderr
+    assert "absent from the packages" not in built.stdout + built.stderr
     assert (target / "pgvault" / "conf" / "config.yaml").is_file()
+    assert (target / "pgvault" / "schemas" / "manifest.schema.json").is_file()
     assert (target / "pgvault" / "conf" / "target" / "supabase_local.yaml").is_file()
     cwd = tmp_path / "cwd"
     cwd.mkdir()

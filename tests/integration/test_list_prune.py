@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pgvault import catalog, naming
-from pgvault.backup import run_backup
+from pgvault.backup import take_backup
 from pgvault.config import Compression, PgvaultConfig, RetentionConfig, TargetConfig
 from pgvault.errors import PgvaultError
 from pgvault.ui import Reporter
@@ -51,10 +51,18 @@ def source(pg_cluster):
     drop_database(pg_cluster, name)
 
 
+def verify_record(checked_at: str) -> dict[str, object]:
+    return {"verdict": "verified", "checked_at": checked_at, "duration_s": 1.0,
+            "server_version": "15.0", "tables": 3, "rows": 10, "problems": []}  # fmt: skip
+
+
 def config(directory: Path, url: str, **overrides: object) -> PgvaultConfig:
     cfg = PgvaultConfig(dir=str(directory), target=TargetConfig(name="local", url=url))
     for key, value in overrides.items():
-        setattr(cfg, key, value)
+        if key == "compression":
+            cfg.backup.compression = value  # type: ignore[assignment]
+        else:
+            setattr(cfg, key, value)
     return cfg
 
 
@@ -66,7 +74,7 @@ def made(tmp_path_factory, source) -> tuple[Path, dict[str, str]]:
     for label, age in AGES.items():
         comp = Compression.zstd if label == "recent" else Compression.none
         cfg = config(directory, source, compression=comp)
-        result = run_backup(
+        result = take_backup(
             cfg, Reporter(quiet=True), clock=lambda w=NOW - age: w, apply_retention=False
         )
         prefixes[label] = result.prefix
@@ -102,9 +110,12 @@ def files_of(directory: Path, prefix: str) -> list[Path]:
 
 
 def list_json(directory: Path, *args: str) -> dict:
+    """The JSON list; with check=true a set that needs a look makes the exit code 1."""
     res = run_pgvault("list", f"dir={directory}", "format=json", *args, env=pgvault_env())
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+    doc = json.loads(res.stdout)
+    bad = any(s["status"] in ("incomplete", "damaged") for s in doc["sets"])
+    assert res.returncode == (1 if "check=true" in args and bad else 0), res.stderr
+    return doc
 
 
 def by_prefix(doc: dict) -> dict[str, dict]:
@@ -144,7 +155,7 @@ def test_list_json_has_exact_sizes_and_utc_times(sets):
     directory, prefixes = sets
     prefix = prefixes["recent"]
     record = directory / naming.file_name(prefix, "verify")
-    record.write_text(json.dumps({"verdict": "verified", "checked_at": "2026-01-02T03:04:05Z"}))
+    record.write_text(json.dumps(verify_record("2026-01-02T03:04:05Z")))
     doc = list_json(directory)
     assert doc["directory"] == str(directory)
     assert [s["prefix"] for s in doc["sets"]] == sorted(prefixes.values(), reverse=True)
@@ -179,6 +190,7 @@ def test_check_true_shows_a_set_whose_checksum_disagrees_as_damaged(sets):
     res = run_pgvault("list", f"dir={directory}", "check=true", env=pgvault_env())
     (line,) = [line for line in set_lines(res.stdout) if line.startswith(prefixes["old"])]
     assert "damaged" in line
+    assert res.returncode == 1 and "1 set(s) need a look" in res.stderr
     # A damaged set is reported, never deleted by age (check applies to prune too).
     res = run_pgvault("prune", f"dir={directory}", "check=true", env=pgvault_env())
     assert res.returncode == 0, res.stderr
@@ -263,7 +275,7 @@ def test_prune_applies_the_policy_and_leaves_foreign_files(sets):
 def test_keep_rules_and_the_newest_verified_set_through_the_cli(sets):
     directory, prefixes = sets
     verify = directory / naming.file_name(prefixes["ancient"], "verify")
-    verify.write_text(json.dumps({"verdict": "verified", "checked_at": NOW.isoformat()}))
+    verify.write_text(json.dumps(verify_record(NOW.isoformat())))
     res = run_pgvault(
         "prune",
         f"dir={directory}",
@@ -285,9 +297,9 @@ def test_retention_runs_after_a_backup_and_never_after_a_failed_one(sets, source
     down = config(directory, "postgresql://nobody@127.0.0.1:1/none", retention=policy)
     later = NOW + timedelta(hours=1)
     with pytest.raises(PgvaultError):
-        run_backup(down, Reporter(quiet=True), clock=lambda: later)
+        take_backup(down, Reporter(quiet=True), clock=lambda: later)
     assert {s.prefix for s in catalog.scan(directory)} == set(prefixes.values())
-    result = run_backup(cfg, Reporter(quiet=True), clock=lambda: later)
+    result = take_backup(cfg, Reporter(quiet=True), clock=lambda: later)
     assert result.pruned is not None
     assert sorted(result.pruned.deleted_sets) == sorted([prefixes["old"], prefixes["ancient"]])
     left = {s.prefix for s in catalog.scan(directory)}
@@ -298,16 +310,20 @@ def test_no_backups_found(tmp_path):
     env = pgvault_env()
     missing = tmp_path / "nothing-here"
     for command in ("list", "prune"):
-        res = run_pgvault(command, f"dir={missing}", env=env)
-        assert res.returncode == 0, res.stderr
-        assert f"No backups found in {missing}." in res.stdout
+        for extra in ((), ("format=json",) if command == "list" else ("dry_run=true",)):
+            res = run_pgvault(command, f"dir={missing}", *extra, env=env)
+            assert res.returncode == 1 and res.stdout == ""
+            assert res.stderr == (
+                f"pgvault: error: {missing} does not exist (check dir= or BACKUP_DIR"
+                + ("; the first backup creates it)\n" if command == "list" else ")\n")
+            )
     assert not missing.exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("mine")
     res = run_pgvault("list", f"dir={empty}", env=env)
     assert res.returncode == 0 and f"No backups found in {empty}." in res.stdout
-    assert list_json(missing)["sets"] == []
+    assert list_json(empty)["sets"] == []
 
 
 @pytest.mark.parametrize("command", ["list", "prune"])

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pty
+import re
 import shutil
 import signal
 import subprocess
@@ -279,7 +280,7 @@ def test_restores_into_an_empty_database_after_a_yes(feature_set, empty_target):
         answer="y",
     )
     assert res.returncode == 0, res.stderr
-    assert "Are you sure you want to proceed with the restore? (y/N)" in res.stdout
+    assert re.search(r"Replace database \S+ at \S+ with backup-[-\d]+\? \(y/N\)", res.stdout)
     assert "✓ Restore completed successfully!" in res.stdout and "Safety backup" not in res.stdout
     assert digest(feature_set.directory) == before  # safety_backup=false: no new set
     restored = backed_up_roles_only(full_fingerprint(empty_target), feature_set.manifest["roles"])
@@ -636,12 +637,14 @@ def test_without_a_terminal_it_shows_the_plan_and_refuses(feature_set, feature_d
     assert f"Total size: {total / 2**20:.2f} MB\n" in out
     local = naming.parse_prefix(feature_set.prefix).astimezone(ZoneInfo(zone))
     assert f"Backup date: {local:%Y-%m-%d %H:%M:%S} N" in out  # NST or NDT
+    where = f"{feature_db.params['host']}:{feature_db.params['port']}"
     assert (
-        f"Source: target local (database {feature_db.dbname}, "
+        f"Source: database {feature_db.dbname} at {where} (target local, "
         f"PostgreSQL {m['server_version']})" in out
     )
     assert f"Target: database {watched.dbname} at " in out
-    assert "WARNING: This will REPLACE the database above with the backup." in out
+    assert f"it goes into {watched.dbname}" in out  # another database than the source
+    assert f"WARNING: This will REPLACE database {watched.dbname} with the backup." in out
     assert "A safety backup of it is taken first." in out
 
 
@@ -653,7 +656,7 @@ def test_a_no_on_the_terminal_cancels(feature_set, watched):
         env=pgvault_env(watched),
         answer="n",
     )
-    assert "Are you sure you want to proceed with the restore? (y/N)" in res.stdout
+    assert re.search(r"Replace database \S+ at \S+ with backup-[-\d]+\? \(y/N\)", res.stdout)
     line = one_line_error(res)
     assert "Restore cancelled." in line and "nothing was changed" in line
 

@@ -56,7 +56,7 @@ def test_unknown_group_keys_are_rejected(group, key):
 @given(st.text(min_size=1, max_size=10).filter(lambda s: s not in {c.name for c in Compression}))
 def test_unknown_compressions_are_rejected(value):
     with pytest.raises(OmegaConfBaseException):
-        OmegaConf.merge(SCHEMA, {"compression": value})
+        OmegaConf.merge(SCHEMA, {"backup": {"compression": value}})
 
 
 @given(st.sampled_from(["keep_last", "days", "keep_daily"]), st.sampled_from(["many", "1.5x", ""]))
@@ -71,13 +71,13 @@ def test_valid_values_survive_into_typed_objects(compression, confirm, days):
         SCHEMA,
         {
             "target": {"name": "x"},
-            "compression": compression.name,
+            "backup": {"compression": compression.name},
             "restore": {"confirm": confirm.name},
             "retention": {"days": days},
         },
     )
     typed = to_typed(merged)
-    assert typed.compression is compression
+    assert typed.backup.compression is compression
     assert typed.restore.confirm is confirm
     assert typed.retention.days == days
 
@@ -87,14 +87,14 @@ def test_packaged_defaults(composed):
     assert cfg.target.name == "local" and cfg.target.url is None
     assert cfg.retention == RetentionConfig(days=7)
     assert cfg.restore.allowed is True and cfg.restore.safety_backup is True
-    assert cfg.compression is Compression.none
+    assert cfg.backup.compression is Compression.none
 
 
 def test_prod_overrides_only_what_differs(composed):
     prod = to_typed(composed["prod"])
     assert prod.restore.allowed is False
     assert prod.retention.keep_monthly > 0
-    assert prod.compression is Compression.zstd
+    assert prod.backup.compression is Compression.zstd
     assert prod.target.name == "local"  # not overridden by the overlay
     assert to_typed(composed["prod_allowed"]).restore.allowed is True
 

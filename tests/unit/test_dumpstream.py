@@ -44,7 +44,11 @@ def test_counts_and_hashes_do_not_depend_on_chunking(tables, cuts):
     data = render(tables)
     stats = feed_in_pieces(data, cuts).result()
     expected = {
-        name: {"rows": len(rows), "sha256": hashlib.sha256("".join(rows).encode()).hexdigest()}
+        name: {
+            "rows": len(rows),
+            "size": len("".join(rows).encode()),
+            "sha256": hashlib.sha256("".join(rows).encode()).hexdigest(),
+        }
         for name, rows in tables
     }
     assert stats == expected

@@ -9,7 +9,9 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pgvault import naming
 from pgvault.dumpfilter import Entry, EntryFilter, parse_header
+from pgvault.manifest import Manifest
 from pgvault.profiles import Plan
 from pgvault.profiles.supabase import (
     SupabaseScope,
@@ -19,6 +21,7 @@ from pgvault.profiles.supabase import (
     is_reserved,
 )
 from pgvault.profiles.supabase_roles import SupabaseRoles, roles_statement
+from tests.manifests import manifest
 
 
 def cut(data: bytes, size: int) -> list[bytes]:
@@ -237,8 +240,14 @@ def test_a_plan_survives_the_manifest(managed, data):
         memberships=(("anon", "authenticator"),), extensions={"citext": "extensions"},
     )  # fmt: skip
     plan = Plan("supabase", scope)
-    assert Plan.from_manifest(plan.manifest()) == plan
-    assert Plan.from_manifest({"profile": "plain"}) == Plan()
+    prefix = "backup-2026-01-31-120000"
+    files = {
+        k: {"name": naming.file_name(prefix, k), "size": 1, "sha256": "0" * 64}
+        for k in (*naming.SQL_KINDS, naming.PLATFORM)
+    }
+    written = manifest(prefix, files=files, **plan.manifest())
+    assert Plan.from_manifest(Manifest.model_validate(written.to_json())) == plan
+    assert Plan.from_manifest(manifest(prefix)) == Plan()
 
 
 @given(st.lists(st.integers(0, 300)))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import json
 import re
 from pathlib import Path
 
@@ -14,10 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgvault import load, restore
+from pgvault import catalog, load, restore
 from pgvault.config import Confirm, PgvaultConfig, RestoreConfig
 from pgvault.dumpstream import DataFilter, drop_lines, parse_copy_header
 from pgvault.errors import ClientProgramError, ConfigError, IntegrityError, Refused
+from tests.manifests import manifest
 
 SETTING = b"SET transaction_timeout = 0;"
 DROP = frozenset((b"BEGIN;", b"COMMIT;", SETTING))
@@ -194,7 +194,9 @@ DATA = (
 )
 
 
-def fake_set(tmp_path: Path, data: bytes = DATA) -> load.LoadedSet:
+def fake_set(
+    tmp_path: Path, data: bytes = DATA, tables: dict[str, dict[str, object]] | None = None
+) -> catalog.BackupSet:
     prefix = "backup-2026-01-31-120000"
     files = {
         "roles": tmp_path / f"{prefix}-roles.sql",
@@ -204,11 +206,19 @@ def fake_set(tmp_path: Path, data: bytes = DATA) -> load.LoadedSet:
     files["roles"].write_bytes(b"SET default_transaction_read_only = off;\nALTER ROLE x;")
     files["schema"].write_bytes(PRE + POST)
     files["data"].write_bytes(data)
-    manifest = {"schema_post_data_offset": len(PRE), "clients": {"version": "17.2"}}
-    return load.LoadedSet(prefix, tmp_path, files, manifest)
+    sizes = {
+        k: {"name": p.name, "size": p.stat().st_size,
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+        for k, p in files.items()
+    }  # fmt: skip
+    if tables is None:
+        tables = {"public.t": {"rows": 3, "sha256": "0" * 64}}
+    m = manifest(prefix, files=sizes, schema_post_data_offset=len(PRE), tables=tables,
+                 clients={"bindir": "/usr/bin", "version": "17.2"})  # fmt: skip
+    return catalog.BackupSet(prefix, tmp_path, files, manifest=m)
 
 
-def stream_of(bset: load.LoadedSet, server_major: int) -> bytes:
+def stream_of(bset: catalog.BackupSet, server_major: int) -> bytes:
     return b"".join(load.restore_parts(bset, server_major)([]))
 
 
@@ -255,14 +265,16 @@ def test_a_truncated_data_file_stops_the_stream_before_commit(tmp_path):
 
 
 def test_rows_that_disagree_with_the_manifest_stop_the_stream_before_commit(tmp_path):
-    bset = fake_set(tmp_path)
-    bset.manifest["tables"] = {"public.t": {"rows": 3, "sha256": "x"}}
-    assert stream_of(bset, 17).endswith(b"COMMIT;\n")  # COPY holds 3 rows: it agrees
+    assert stream_of(fake_set(tmp_path), 17).endswith(b"COMMIT;\n")  # 3 rows: it agrees
+    x = "0" * 64
     for tables, named in [
-        ({"public.t": {"rows": 4, "sha256": "x"}}, "public.t has 3 rows, the backup had 4"),
-        ({"public.t": {"rows": 3}, "public.u": {"rows": 1}}, "public.u has no rows, the backup"),
+        ({"public.t": {"rows": 4, "sha256": x}}, "public.t has 3 rows, the backup had 4"),
+        (
+            {"public.t": {"rows": 3, "sha256": x}, "public.u": {"rows": 1, "sha256": x}},
+            "public.u has no rows, the backup",
+        ),
     ]:
-        bset.manifest["tables"] = tables
+        bset = fake_set(tmp_path, tables=tables)
         sent = []
         with pytest.raises(IntegrityError, match=re.escape(named)):
             for chunk in load.restore_parts(bset, 17)([]):
@@ -338,15 +350,15 @@ def test_psql_must_talk_to_the_server(tmp_path):
 )
 def test_only_pgvault_names_are_prefixes(prefix):
     with pytest.raises(ConfigError):
-        restore.resolve_prefix(prefix, "/srv/backups")
+        catalog.resolve_prefix(prefix, "/srv/backups")
 
 
 def test_short_and_absolute_prefixes():
-    assert restore.resolve_prefix("backup-2026-01-31-120000", "/srv/b") == (
+    assert catalog.resolve_prefix("backup-2026-01-31-120000", "/srv/b") == (
         Path("/srv/b"),
         "backup-2026-01-31-120000",
     )
-    assert restore.resolve_prefix("/mnt/x/backup-2026-01-31-120000", None) == (
+    assert catalog.resolve_prefix("/mnt/x/backup-2026-01-31-120000", None) == (
         Path("/mnt/x"),
         "backup-2026-01-31-120000",
     )
@@ -366,7 +378,10 @@ def _never_asked(prompt: str) -> str:
 
 
 def cfg(confirm: Confirm, yes: bool) -> PgvaultConfig:
-    return PgvaultConfig(yes=yes, restore=RestoreConfig(confirm=confirm))
+    return PgvaultConfig(restore=RestoreConfig(confirm=confirm, yes=yes))
+
+
+QUESTION = "Replace database crm at db:5432 with backup-2026-01-31-120000? (y/N) "
 
 
 @pytest.mark.parametrize(
@@ -374,7 +389,7 @@ def cfg(confirm: Confirm, yes: bool) -> PgvaultConfig:
 )
 def test_policies_that_need_no_question(monkeypatch, confirm, yes):
     monkeypatch.setattr("sys.stdin", _Stdin(tty=False))
-    assert restore.confirmed(cfg(confirm, yes), _never_asked)
+    assert restore.confirmed(cfg(confirm, yes), QUESTION, _never_asked)
 
 
 @pytest.mark.parametrize(
@@ -384,11 +399,11 @@ def test_policies_that_need_no_question(monkeypatch, confirm, yes):
 def test_no_terminal_refuses_instead_of_waiting(monkeypatch, confirm, yes, hint):
     monkeypatch.setattr("sys.stdin", _Stdin(tty=False))
     with pytest.raises(Refused, match="no terminal") as e:
-        restore.confirmed(cfg(confirm, yes), _never_asked)
+        restore.confirmed(cfg(confirm, yes), QUESTION, _never_asked)
     assert hint in e.value.hint
     monkeypatch.setattr("sys.stdin", None)  # cron may close stdin altogether
     with pytest.raises(Refused):
-        restore.confirmed(cfg(confirm, yes), _never_asked)
+        restore.confirmed(cfg(confirm, yes), QUESTION, _never_asked)
 
 
 @given(st.sampled_from(["y", "Y", "yes", " YES\n", "n", "", "no", "yes please", "j"]) | st.text())
@@ -401,9 +416,9 @@ def test_only_yes_proceeds(answer):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("sys.stdin", _Stdin(tty=True))
-        ok = restore.confirmed(cfg(Confirm.always, True), ask)
+        ok = restore.confirmed(cfg(Confirm.always, True), QUESTION, ask)
     assert ok == (answer.strip().lower() in ("y", "yes"))
-    assert asked == ["Are you sure you want to proceed with the restore? (y/N) "]
+    assert asked == [QUESTION]
 
 
 def test_end_of_input_cancels(monkeypatch):
@@ -411,16 +426,11 @@ def test_end_of_input_cancels(monkeypatch):
         raise EOFError
 
     monkeypatch.setattr("sys.stdin", _Stdin(tty=True))
-    assert not restore.confirmed(cfg(Confirm.tty, False), eof)
+    assert not restore.confirmed(cfg(Confirm.tty, False), QUESTION, eof)
 
 
 def test_file_problems_name_size_and_checksum(tmp_path):
     bset = fake_set(tmp_path)
-    files = {
-        kind: {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-        for kind, p in bset.files.items()
-    }
-    bset.manifest["files"] = json.loads(json.dumps(files))
     assert restore.file_problems(bset) == []
     data = bset.files["data"]
     data.write_bytes(data.read_bytes().replace(b"public.mv", b"public.mw"))

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from pgvault import catalog, naming, retention
 from pgvault.config import RetentionConfig
 from pgvault.errors import PgvaultError
+from tests.manifests import manifest, manifest_dict
 
 STATES = ("complete", "damaged", "missing_file", "no_manifest", "bad_manifest", "partial")
 STATES += ("verify_only",)
@@ -37,13 +38,7 @@ def make_set(
         prefix = naming.format_prefix(prefix)
     names = {k: naming.file_name(prefix, k, compression) for k in (*naming.SQL_KINDS, "manifest")}
     files = {k: directory / n for k, n in names.items()}
-    manifest = {
-        "format": catalog.MANIFEST_FORMAT,
-        "prefix": prefix,
-        "compression": compression,
-        "files": {k: {"name": names[k], "size": 10, "sha256": "0" * 64} for k in naming.SQL_KINDS},
-    }
-    bset = catalog.BackupSet(prefix, files, manifest=manifest)
+    bset = catalog.BackupSet(prefix, directory, files, manifest=manifest(prefix, compression))
     if state == "missing_file":
         del bset.files["data"]
     elif state == "no_manifest":
@@ -230,6 +225,7 @@ def test_deleting_goes_manifest_first_and_takes_the_whole_set(sc, data):
         gone = set(order[:k])
         left = catalog.BackupSet(
             bset.prefix,
+            bset.directory,
             {kind: p for kind, p in bset.files.items() if p not in gone},
             [p for p in bset.partial if p not in gone],
             manifest=bset.manifest if bset.files.get("manifest") not in gone else None,
@@ -374,15 +370,11 @@ def write_set(directory: Path, when: datetime, payload: bytes = b"x" * 10) -> ca
         path.write_bytes(payload)
         files[kind] = {"name": path.name, "size": len(payload)}
         files[kind]["sha256"] = hashlib.sha256(payload).hexdigest()
-    manifest = {
-        "format": 1,
-        "prefix": prefix,
-        "compression": "none",
-        "files": files,
-        "schema_post_data_offset": 0,
-    }
-    (directory / naming.file_name(prefix, "manifest")).write_text(json.dumps(manifest))
-    (directory / naming.file_name(prefix, "verify")).write_text('{"verdict": "verified"}')
+    text = json.dumps(manifest_dict(prefix, files=files))
+    (directory / naming.file_name(prefix, "manifest")).write_text(text)
+    record = {"verdict": "verified", "checked_at": when.isoformat(), "duration_s": 1.0,
+              "server_version": "15.0", "tables": 0, "rows": 0, "problems": []}  # fmt: skip
+    (directory / naming.file_name(prefix, "verify")).write_text(json.dumps(record))
     (bset,) = [s for s in catalog.scan(directory) if s.prefix == prefix]
     return bset
 
@@ -434,8 +426,12 @@ def test_verification_status_is_tolerant(tmp_path):
         record.write_bytes(garbage)
         assert retention.verification_status(bset) == "never", garbage
     for verdict in ("verified", "failed"):
-        record.write_text(json.dumps({"verdict": verdict, "checked_at": "2026-11-24T03:00:00Z"}))
+        full = {"verdict": verdict, "checked_at": "2026-11-24T03:00:00Z", "duration_s": 2.5,
+                "server_version": "15.0", "tables": 1, "rows": 2, "problems": []}  # fmt: skip
+        record.write_text(json.dumps(full))
         assert retention.verification_status(bset) == verdict
+        record.write_text(json.dumps({k: v for k, v in full.items() if k != "tables"}))
+        assert retention.verification_status(bset) == "never"
 
 
 def test_damage_compares_sizes_always_and_checksums_when_asked(tmp_path):
@@ -484,9 +480,9 @@ def test_negative_counts_are_refused(rule, value):
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        ({"compression": "lz4"}, "unknown compression 'lz4'"),
-        ({"compression": None}, "unknown compression None"),
-        ({"prefix": "backup-1999-01-01-000000"}, "belongs to"),
+        ({"compression": "lz4"}, "compression"),
+        ({"compression": None}, "compression"),
+        ({"prefix": "backup-1999-01-01-000000"}, "backup-1999-01-01-000000"),
         ({"schema_post_data_offset": "x"}, "schema_post_data_offset"),
         ({"files": {}}, "no entry for"),
     ],

@@ -1,0 +1,210 @@
+"""argv -> (command, Hydra flags, overrides), checked against the command's options.
+
+Hydra would accept any key of the schema for any command, and offer `+key=value` for a
+misspelt one. Here every override is read with Hydra's own grammar first, then:
+- a bare option of the command gets its node (`list format=json` -> `list.format=json`);
+- a key the config does not have is refused with the closest one it does have;
+- a key of another command is refused with the keys this command takes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from pgvault.commands import COMMON, SPECS, Spec
+from pgvault.config import PgvaultConfig
+from pgvault.errors import ConfigError
+
+# Hydra's own flags; those in _TAKES_VALUE read the next word too.
+HYDRA_FLAGS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--cfg",
+    "-c",
+    "--multirun",
+    "-m",
+    "--resolve",
+    "--package",
+    "-p",
+}
+_TAKES_VALUE = {"--cfg", "-c", "--package", "-p"}
+_OPTIONAL_VALUE = {
+    "--info": {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"},
+    "-i": {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"},
+    "--shell-completion": {
+        f"{verb}={shell}"
+        for verb in ("install", "uninstall", "query")
+        for shell in ("bash", "zsh", "fish")
+    },
+}
+_OPTIONAL_VALUE["-sc"] = _OPTIONAL_VALUE["--shell-completion"]
+
+# `verify` is a config group, so `verify=true` would read as a group choice: for backup
+# it has always meant "verify the new set".
+_SHORTHAND = {
+    "backup": {"verify=true": "backup.verify=true", "verify=false": "backup.verify=false"}
+}
+
+
+@dataclass(frozen=True)
+class Invocation:
+    command: str
+    flags: list[str]
+    overrides: list[str]
+
+
+def schema_paths(cls: type = PgvaultConfig, prefix: str = "") -> set[str]:
+    """Every node and leaf of the config schema as a dotted path."""
+    out: set[str] = set()
+    for f in fields(cls):
+        path = f"{prefix}{f.name}"
+        out.add(path)
+        kind = f.default_factory() if callable(f.default_factory) else None
+        if kind is not None and is_dataclass(kind):
+            out |= schema_paths(type(kind), path + ".")
+    return out
+
+
+def config_groups(*dirs: Path | None) -> set[str]:
+    """The config groups (sub-folders) of the given conf dirs."""
+    return {p.name for d in dirs if d is not None and d.is_dir() for p in d.iterdir() if p.is_dir()}
+
+
+def split(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """Return (command word or None, Hydra flags with their values, the other words)."""
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    rest = argv[1:] if command is not None else argv
+    flags: list[str] = []
+    words: list[str] = []
+    it = iter(range(len(rest)))
+    for i in it:
+        a = rest[i]
+        name = a.split("=", 1)[0]
+        if name in HYDRA_FLAGS and (name == a or name in ("--cfg", "--info")):
+            flags.append(a)
+            if (a in _TAKES_VALUE and i + 1 < len(rest)) or (
+                a in _OPTIONAL_VALUE and i + 1 < len(rest) and rest[i + 1] in _OPTIONAL_VALUE[a]
+            ):
+                flags.append(rest[i + 1])
+                next(it, None)
+        elif a.startswith("-") and "=" not in a:
+            raise ConfigError(f"unknown flag {a}", "see `pgvault --help`")
+        else:
+            words.append(a)
+    return command, flags, words
+
+
+def expand_home(word: str) -> str:
+    """`dir=~/backups` as zsh passes it: expand ~ as the shell would have."""
+    key, sep, value = word.partition("=")
+    if sep and (value == "~" or value.startswith("~/") or re.match(r"~[\w.-]+(/|$)", value)):
+        return f"{key}={os.path.expanduser(value)}"
+    return word
+
+
+def prepare(argv: list[str], groups: set[str]) -> Invocation:
+    """Given argv after `pgvault` and the config groups, return what to run; ConfigError
+    (one line) for a command, flag or override that cannot be right."""
+    word, flags, words = split(argv)
+    if word is None:
+        if not flags:
+            raise ConfigError(
+                "no command given", f"use one of: {', '.join(SPECS)}; see pgvault --help"
+            )
+        word = "backup"  # `pgvault --help`, `pgvault --cfg job`: Hydra's flags alone
+    spec = SPECS.get(word)
+    if spec is None:
+        close = difflib.get_close_matches(word, SPECS, n=1)
+        hint = f"did you mean `pgvault {close[0]}`?" if close else f"use one of: {', '.join(SPECS)}"
+        raise ConfigError(f"unknown command '{word}'", hint)
+    overrides = [
+        check_override(spec, _SHORTHAND.get(word, {}).get(w, expand_home(w)), groups) for w in words
+    ]
+    return Invocation(word, flags, overrides)
+
+
+def check_override(spec: Spec, word: str, groups: set[str]) -> str:
+    """Return the override as Hydra should get it, or raise ConfigError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        override = OverridesParser.create().parse_override(word)
+    except HydraException as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else "unreadable"
+        raise ConfigError(
+            f"cannot read '{word}': {why}",
+            "write key=value; quote a value with spaces or any of []{}(),'\"=~$ in single "
+            "quotes for the shell and double quotes inside, e.g. 'dir=\"/a b\"'",
+        ) from None
+    key = override.key_or_group
+    if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+        return word
+    if override.is_delete():
+        raise ConfigError(f"'{word}' removes {key} from the config", f"set it instead: {key}=VALUE")
+    paths = schema_paths()
+    if key not in paths and key not in groups:
+        if "." not in key and "/" not in key and key in option_names(spec):
+            key = f"{spec.options}.{key}"
+        elif any(key in option_names(s) for s in SPECS.values()):
+            raise ConfigError(f"{spec.name} does not take {key}", what_it_takes(spec, key))
+        else:
+            raise ConfigError(f"unknown key '{key}'", suggest(spec, key, paths | groups))
+    if override.is_add() or override.is_force_add():
+        raise ConfigError(
+            f"'{word}' adds a key, and {key} is one already", f"drop the +: {word.lstrip('+')}"
+        )
+    if not takes(spec, key):
+        raise ConfigError(f"{spec.name} does not take {key}", what_it_takes(spec, key))
+    value = word.split("=", 1)[1] if "=" in word else ""
+    return f"{key}={value}"
+
+
+def option_names(spec: Spec) -> list[str]:
+    """The keys a command takes bare: its options node's fields."""
+    return sorted(p.split(".", 1)[1] for p in schema_paths() if p.startswith(spec.options + "."))
+
+
+def takes(spec: Spec, key: str) -> bool:
+    """Whether spec reads key: it is one of its keys, inside one, or a node holding one."""
+    return any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in spec.keys)
+
+
+def suggest(spec: Spec, key: str, known: set[str]) -> str:
+    """The hint for an unknown key: the closest key this command takes."""
+    mine = sorted(p for p in known if takes(spec, p)) + option_names(spec)
+    close = difflib.get_close_matches(key, mine, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    return what_it_takes(spec, key)
+
+
+def what_it_takes(spec: Spec, key: str) -> str:
+    owners = [
+        s.name
+        for s in SPECS.values()
+        if s is not spec and (takes(s, key) or key in option_names(s))
+    ]
+    lead = f"{key} is an option of {' and '.join(owners)}; " if owners else ""
+    options = ", ".join(option_names(spec))
+    others = ", ".join(k for k in spec.takes)
+    return (
+        f"{lead}{spec.name} takes {options}"
+        + (f", {others}" if others else "")
+        + f", and {', '.join(COMMON)}"
+    )
+
+
+def describe(spec: Spec) -> dict[str, Any]:
+    """The keys a command takes, for help texts."""
+    return {"options": option_names(spec), "also": list(spec.takes), "common": list(COMMON)}

@@ -1,0 +1,59 @@
+"""`pgvault verify`: restore sets into a throwaway cluster and compare them with their
+manifests; record each verdict beside its set. Exit 3 when one does not match."""
+
+from __future__ import annotations
+
+from pgvault.commands import Context, Outcome
+from pgvault.config import PgvaultConfig
+from pgvault.errors import VerifyMismatch
+from pgvault.ui import Reporter
+from pgvault.verify import VerifyResult, sets_to_verify, verify_set, write_record
+
+
+def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
+    results = []
+    for bset in sets_to_verify(cfg):
+        result = verify_set(cfg, bset, ui)
+        report(ui, result)
+        write_record(ui, bset.directory, result)
+        results.append(result)
+    failed = [r.prefix for r in results if not r.ok]
+    if failed:
+        raise VerifyMismatch(
+            f"{', '.join(failed)} did not verify", "see the report above; keep an older set"
+        )
+    return Outcome(results[-1].prefix if len(results) == 1 else None)
+
+
+def report(ui: Reporter, result: VerifyResult) -> None:
+    how = " as postgres, in a Supabase-shaped cluster" if result.profile == "supabase" else ""
+    ui.say(f"{result.prefix} (profile {result.profile}, restored{how} on PostgreSQL "
+           f"{result.server_version}):")  # fmt: skip
+    for t in result.tables:
+        mark = "✓" if t.ok else "✗"
+        if t.rows is None:
+            detail = "missing"
+        elif t.expected_rows is None:
+            detail = f"{t.rows} rows, not in the manifest"
+        elif t.rows != t.expected_rows:
+            detail = f"{t.rows} rows, the backup had {t.expected_rows}"
+        elif not t.content_ok:
+            detail = f"{t.rows} rows, content differs"
+        else:
+            detail = f"{t.rows} rows"
+        ui.say(f"  {mark} {t.name}: {detail}")
+    if not result.restored:
+        ui.say("  (the restore failed: the tables above are as the data file holds them)")
+    for problem in result.problems:
+        ui.say(f"  ✗ {problem}")
+    for note in result.unchecked:
+        ui.say(f"  ? not checked: {note}")
+    rows = sum(t.rows or 0 for t in result.tables)
+    if result.ok:
+        ui.ok(
+            f"{result.prefix} verified: {len(result.tables)} tables, {rows} rows match "
+            f"({result.duration_s:.1f} s)"
+        )
+    else:
+        bad = len(result.problems) + sum(not t.ok for t in result.tables)
+        ui.say(f"✗ {result.prefix} does NOT match its backup: {bad} problem(s)")

@@ -1,0 +1,4 @@
+from pgvault.schemas import write
+
+for path in write():
+    print(path)
