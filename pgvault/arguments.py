@@ -10,6 +10,7 @@ misspelt one. Here every override is read with Hydra's own grammar first, then:
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from dataclasses import dataclass, fields, is_dataclass
@@ -63,7 +64,8 @@ class Invocation:
     overrides: list[str]
 
 
-def schema_paths(cls: type = PgvaultConfig, prefix: str = "") -> set[str]:
+@functools.cache
+def schema_paths(cls: type = PgvaultConfig, prefix: str = "") -> frozenset[str]:
     """Every node and leaf of the config schema as a dotted path."""
     out: set[str] = set()
     for f in fields(cls):
@@ -71,8 +73,9 @@ def schema_paths(cls: type = PgvaultConfig, prefix: str = "") -> set[str]:
         out.add(path)
         kind = f.default_factory() if callable(f.default_factory) else None
         if kind is not None and is_dataclass(kind):
-            out |= schema_paths(type(kind), path + ".")
-    return out
+            node: type = type(kind)
+            out |= schema_paths(node, path + ".")
+    return frozenset(out)
 
 
 def config_groups(*dirs: Path | None) -> set[str]:
@@ -180,7 +183,7 @@ def takes(spec: Spec, key: str) -> bool:
     return any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in spec.keys)
 
 
-def suggest(spec: Spec, key: str, known: set[str]) -> str:
+def suggest(spec: Spec, key: str, known: frozenset[str] | set[str]) -> str:
     """The hint for an unknown key: the closest key this command takes."""
     mine = sorted(p for p in known if takes(spec, p)) + option_names(spec)
     close = difflib.get_close_matches(key, mine, n=1, cutoff=0.6)
