@@ -34,18 +34,29 @@ bench: venv
 selftest: venv
 	$(BIN)/python -m pgvault.demo --selftest
 
-# Extra overrides go in ARGS, e.g. make backup-database ARGS="target=supabase_local backup.compression=zstd"
+# Extra overrides go in ARGS, e.g. make backup-database ARGS="target=supabase_local compression=zstd"
 ARGS ?=
+# `make backup-database target=x` would set a make variable and back up the default:
+# refuse any command-line variable that is not one of ours.
+OURS := ARGS BACKUP_PREFIX PGVAULT PYTHON VENV SCALES
+STRAY := $(filter-out $(OURS),$(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
+define refuse_stray
+	@if [ -n "$(strip $(STRAY))" ]; then \
+		echo "Error: $(STRAY) went to make, not to pgvault; pass overrides as ARGS=\"key=value ...\""; exit 2; fi
+endef
 
 backup-database: venv
+	$(refuse_stray)
 	@if [ -z "$$BACKUP_DIR" ] && ! printf '%s\n' $(ARGS) | grep -q '^dir='; then \
 		echo "Error: BACKUP_DIR environment variable is not set (or pass ARGS=\"dir=/abs/path\")"; exit 1; fi
 	$(PGVAULT) backup $(ARGS)
 
 list-backups: venv
+	$(refuse_stray)
 	$(PGVAULT) list $(ARGS)
 
 restore-database: venv
+	$(refuse_stray)
 	@if [ -z "$(BACKUP_PREFIX)" ]; then \
 		echo "Error: BACKUP_PREFIX is required. Usage: make restore-database BACKUP_PREFIX=backup-YYYY-MM-DD-HHMMSS (or latest)"; \
 		exit 1; fi

@@ -57,6 +57,15 @@ _SHORTHAND = {
 }
 
 
+# Keys that moved into their command's node in 0.2: where they went.
+MOVED = {
+    "compression": "backup.compression", "verify.after_backup": "backup.verify",
+    "format": "list.format", "check": "list.check", "dry_run": "prune.dry_run",
+    "prefix": "restore.prefix", "yes": "restore.yes", "force": "restore.force",
+    "all": "verify.all",
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Invocation:
     command: str
@@ -100,19 +109,34 @@ def split(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
             ):
                 flags.append(rest[i + 1])
                 next(it, None)
+            elif a in ("--info", "-i"):
+                # Its value is optional: said explicitly, it cannot swallow an override.
+                flags.append("all")
         elif a.startswith("-") and "=" not in a:
             raise ConfigError(f"unknown flag {a}", "see `pgvault --help`")
+        elif a in SPECS:
+            raise ConfigError(
+                f"'{a}' is a command, and the command comes first",
+                f"write pgvault {a} {' '.join(x for x in argv if x != a)}",
+            )
         else:
             words.append(a)
     return command, flags, words
 
 
 def expand_home(word: str) -> str:
-    """`dir=~/backups` as zsh passes it: expand ~ as the shell would have."""
+    """`dir=~/backups` as zsh passes it: expand ~ as the shell would have (in each value
+    of a `--multirun` sweep too)."""
     key, sep, value = word.partition("=")
-    if sep and (value == "~" or value.startswith("~/") or re.match(r"~[\w.-]+(/|$)", value)):
-        return f"{key}={os.path.expanduser(value)}"
-    return word
+    if not sep or "~" not in value:
+        return word
+    return f"{key}=" + ",".join(_expand(v) for v in value.split(","))
+
+
+def _expand(value: str) -> str:
+    if value == "~" or value.startswith("~/") or re.match(r"~[\w.-]+(/|$)", value):
+        return os.path.expanduser(value)
+    return value
 
 
 def prepare(argv: list[str], groups: set[str]) -> Invocation:
@@ -120,7 +144,7 @@ def prepare(argv: list[str], groups: set[str]) -> Invocation:
     (one line) for a command, flag or override that cannot be right."""
     word, flags, words = split(argv)
     if word is None:
-        if not flags:
+        if not flags or any(f in ("-m", "--multirun") for f in flags):
             raise ConfigError(
                 "no command given", f"use one of: {', '.join(SPECS)}; see pgvault --help"
             )
@@ -161,6 +185,8 @@ def check_override(spec: Spec, word: str, groups: set[str]) -> str:
             key = f"{spec.options}.{key}"
         elif any(key in option_names(s) for s in SPECS.values()):
             raise ConfigError(f"{spec.name} does not take {key}", what_it_takes(spec, key))
+        elif key in MOVED:
+            raise ConfigError(f"{key} is now {MOVED[key]}", f"write {MOVED[key]}=VALUE")
         else:
             raise ConfigError(f"unknown key '{key}'", suggest(spec, key, paths | groups))
     if override.is_add() or override.is_force_add():
@@ -193,13 +219,15 @@ def suggest(spec: Spec, key: str, known: frozenset[str] | set[str]) -> str:
 
 
 def what_it_takes(spec: Spec, key: str) -> str:
+    known = key in schema_paths()
     owners = [
         s.name
         for s in SPECS.values()
-        if s is not spec and (takes(s, key) or key in option_names(s))
+        if s is not spec and (key in option_names(s) or (known and takes(s, key)))
     ]
     lead = f"{key} is an option of {' and '.join(owners)}; " if owners else ""
-    options = ", ".join(option_names(spec))
+    # An option named like a common key is only reached in full (restore.target).
+    options = ", ".join(n if n not in COMMON else f"{spec.options}.{n}" for n in option_names(spec))
     others = ", ".join(k for k in spec.takes)
     return (
         f"{lead}{spec.name} takes {options}"

@@ -163,7 +163,7 @@ def _write_set(
     partial = {k: p.with_name(p.name + naming.PARTIAL_SUFFIX) for k, p in final.items()}
     ui.note(f"Backing up {conn.dbname} at {conn.where} (target {cfg.target.name})...")
     ui.note(f"Profile: {profile} ({why})")
-    estimate = estimate_size(directory, cfg.target.name, pg)
+    estimate = estimate_size(directory, cfg.target.name, conn.dbname, pg)
     try:
         snapshot, facts, stats, tables = _dump(
             ui, pg, conn, programs, partial, compressor, profile, estimate
@@ -315,13 +315,17 @@ class ByteCount:
 
 
 def estimate_size(
-    directory: Path, target: str, pg: psycopg.Connection[tuple[Any, ...]]
+    directory: Path, target: str, database: str, pg: psycopg.Connection[tuple[Any, ...]]
 ) -> int | None:
-    """The data dump's likely size: the previous set of this target's, else the size of
-    the database's tables (a dump is text, so this is only a guide)."""
+    """The data dump's likely size: the previous regular set of this database's, else the
+    size of its tables (a dump is text, so this is only a guide)."""
     for bset in catalog.scan(directory):
         m = bset.manifest
-        if bset.complete and m is not None and m.target == target:
+        if (
+            bset.complete
+            and m is not None
+            and (m.target, m.database, m.kind) == (target, database, "regular")
+        ):
             if m.data_raw_bytes is not None:
                 return m.data_raw_bytes
             if m.compression == "none":

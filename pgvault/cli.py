@@ -72,10 +72,11 @@ def search_setup() -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    command = "backup"
     # SIGTERM unwinds like Ctrl-C, so throwaway clusters and partial files are cleaned up.
     signal.signal(signal.SIGTERM, _terminated)
     try:
-        if "--version" in args[:2] or args[:1] == ["-V"]:
+        if "--version" in args or args[:1] == ["-V"]:
             print(f"pgvault {__version__}")
             return
         if any(a in ("-sc", "--shell-completion") for a in args) and _complete_command():
@@ -83,20 +84,31 @@ def main(argv: list[str] | None = None) -> None:
         config_dir, extra = search_setup()
         groups = arguments.config_groups(Path(config_dir), user_conf_dir(), packaged_conf_dir())
         call = arguments.prepare(args, groups)
+        command = call.command
         overrides = [*extra, *call.overrides, f"command={call.command}"]
+        if "--hydra-help" in call.flags:  # Hydra's own help composes no app config
+            overrides = extra
         if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in call.flags):
             from pgvault.showconfig import show_config
 
             show_config(config_dir, call.command, call.flags, overrides)
             return
+        # Set for Hydra only: an embedding process (or a test) keeps its own setting.
+        saved = os.environ.get("HYDRA_FULL_ERROR")
         os.environ["HYDRA_FULL_ERROR"] = "1"
-        if any(a in ("-m", "--multirun") for a in call.flags):
-            # Hydra saves the composed config, passwords and all, as multirun.yaml in the
-            # sweep dir: make it private to this run and remove it afterwards.
-            with tempfile.TemporaryDirectory(prefix="pgvault-multirun-") as sweep:
-                _run_hydra(config_dir, [*call.flags, *overrides, f"hydra.sweep.dir={sweep}"])
-        else:
-            _run_hydra(config_dir, [*call.flags, *overrides])
+        try:
+            if any(a in ("-m", "--multirun") for a in call.flags):
+                # Hydra saves the composed config, passwords and all, as multirun.yaml in
+                # the sweep dir: make it private to this run and remove it afterwards.
+                with tempfile.TemporaryDirectory(prefix="pgvault-multirun-") as sweep:
+                    _run_hydra(config_dir, [*call.flags, *overrides, f"hydra.sweep.dir={sweep}"])
+            else:
+                _run_hydra(config_dir, [*call.flags, *overrides])
+        finally:
+            if saved is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = saved
     except PgvaultError as e:
         _fail(e.line(), e.exit_code)
     except KeyboardInterrupt:
@@ -114,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         from omegaconf.errors import OmegaConfBaseException
 
         if isinstance(e, HydraException | OmegaConfBaseException) or _from_hydra(e):
-            _fail(hydra_error_line(e), 2)
+            _fail(hydra_error_line(e, command), 2)
         raise
 
 
@@ -170,7 +182,7 @@ def _fail(line: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def hydra_error_line(e: BaseException) -> str:
+def hydra_error_line(e: BaseException, command: str = "backup") -> str:
     """Fold a Hydra/OmegaConf error and its cause into one line with a hint."""
     parts = []
     for ex in (e, e.__cause__):
@@ -181,7 +193,12 @@ def hydra_error_line(e: BaseException) -> str:
         if text and text not in parts:
             parts.append(text)
     what = "; ".join(parts) or type(e).__name__
-    return f"invalid configuration: {what} (see `pgvault --help` and `pgvault backup --cfg job`)"
+    moved = re.search(r"Key '([\w.]+)' not in 'PgvaultConfig'", what)
+    if moved and moved.group(1) in arguments.MOVED:
+        # A config file of pgvault 0.1: its command options now live in their node.
+        new = arguments.MOVED[moved.group(1)]
+        return f"invalid configuration: {what} (in your conf files, {moved.group(1)} is now {new})"
+    return f"invalid configuration: {what} (see `pgvault --help` and `pgvault {command} --cfg job`)"
 
 
 def _run_hydra(config_dir: str, args: list[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -194,6 +195,7 @@ class ListedSet(_Doc):
 
 
 class ListDocument(_Doc):
+    format: Literal[1] = 1  # raised when a field changes meaning or goes away
     directory: str
     now: str
     checksums_checked: bool

@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from pgvault import naming
+from pgvault import __version__, naming
 from pgvault.errors import IntegrityError
 
 FORMAT = 2
@@ -200,6 +200,8 @@ class PastVerdict(_Model):
 class VerifyRecord(_Model):
     """What verify.py records beside a set: its verdict and what it checked."""
 
+    format: Literal[1] = 1
+
     verdict: Literal["verified", "failed"]
     checked_at: Timestamp
     duration_s: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
@@ -245,12 +247,13 @@ def read_manifest(path: Path) -> Manifest:
         data = _load_json(path)
     except (OSError, ValueError, RecursionError) as e:
         raise IntegrityError(f"manifest {path.name} is unreadable: {_one_line(str(e))}") from None
-    if (
-        not isinstance(data, dict)
-        or type(data.get("format")) is not int
-        or not (1 <= data["format"] <= FORMAT)
-    ):
+    if not isinstance(data, dict) or type(data.get("format")) is not int or data["format"] < 1:
         raise IntegrityError(f"manifest {path.name} is not a pgvault manifest")
+    if data["format"] > FORMAT:
+        raise IntegrityError(
+            f"manifest {path.name} is of format {data['format']}, written by a newer pgvault "
+            f"than this one ({__version__}, format {FORMAT}); upgrade pgvault to read it"
+        )
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as e:

@@ -18,23 +18,74 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pgvault import catalog
+from pgvault import catalog, clients
 from pgvault.catalog import BackupSet
 from pgvault.config import Confirm, PgvaultConfig, Profile, TargetConfig
 from pgvault.connection import Conn, conn_for_target, conn_from_url, connect
 from pgvault.errors import (
     DatabaseMissing,
+    IntegrityError,
     PgvaultError,
     Refused,
 )
 from pgvault.listener import Listener, Silent
-from pgvault.load import RestoreFailed, load_set
-from pgvault.profiles import supabase
+from pgvault.load import RestoreFailed, load_set, psql_for
+from pgvault.profiles import Plan, supabase
 
 
 def file_problems(bset: BackupSet) -> list[str]:
     """Compare each file's size and sha256 with the manifest; return what disagrees."""
     return catalog.file_problems(bset, checksums=True)
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """Everything a restore checked before it asks: the set, the database it replaces,
+    and the psql that will load it. problems: damage that force=true lets through."""
+
+    bset: BackupSet
+    conn: Conn
+    state: TargetState
+    psql: str
+    problems: list[str]
+
+
+def plan_restore(cfg: PgvaultConfig, env_name: str) -> RestorePlan:
+    """Check everything that can be checked before anything changes: the policy, the
+    set and its files, the compressor, the target server and the client programs."""
+    opts = cfg.restore
+    if not opts.allowed:
+        raise Refused(
+            f"restores are not allowed in env '{env_name}'",
+            "pass restore.allowed=true if you really mean to restore here",
+        )
+    directory, prefix = catalog.resolve_prefix(opts.prefix, cfg.dir)
+    bset = catalog.find_set(directory, prefix)
+    problems = file_problems(bset)
+    if problems and not opts.force:
+        raise IntegrityError(
+            f"backup set {prefix} is damaged: {problems[0]}",
+            "restore another set, or pass force=true to restore it anyway",
+        )
+    clients.decompressor(bset.compression)  # a missing zstd/gzip fails here, not mid-way
+    conn = restore_conn(cfg)
+    assert bset.manifest is not None  # find_set gives a complete set
+    state = inspect_target(conn, opts.create_database, Plan.from_manifest(bset.manifest).profile)
+    psql = psql_for(state.major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version)
+    return RestorePlan(bset, conn, state, psql, problems)
+
+
+def apply_restore(
+    cfg: PgvaultConfig, plan: RestorePlan, ui: Listener, on_safety: Callable[[str], None]
+) -> None:
+    """Under the directory's lock (no prune or backup meanwhile), take the safety backup
+    (on_safety hears its prefix), then replace the database in one transaction."""
+    directory = plan.bset.directory
+    # The safety backup takes the lock again: it is re-entrant within this process.
+    with catalog.locked(directory, timeout=cfg.lock_timeout, what="restore"):
+        if plan.state.exists and cfg.restore.safety_backup:
+            on_safety(safety_backup(cfg, plan.conn, directory))
+        replace_database(cfg, ui, plan.bset, plan.conn, plan.psql, plan.state)
 
 
 def restore_conn(cfg: PgvaultConfig) -> Conn:

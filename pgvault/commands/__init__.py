@@ -85,6 +85,10 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context | None = None) -> Outcome
     except KeyboardInterrupt:
         hooks.call(hooks.Event.failure, replace(info, error="interrupted", exit_code=130), ui.warn)
         raise
+    except BaseException as e:  # a bug still ends the run for the hooks
+        failed = replace(info, error=f"{type(e).__name__}: {e}", exit_code=1)
+        hooks.call(hooks.Event.failure, failed, ui.warn)
+        raise
     done = replace(info, prefix=outcome.prefix, size_bytes=outcome.size_bytes)
     hooks.call(hooks.Event.success, done, ui.warn)
     return outcome

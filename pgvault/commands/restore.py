@@ -5,72 +5,43 @@ from __future__ import annotations
 
 import time
 
-from pgvault import catalog, clients, naming
-from pgvault.catalog import BackupSet
+from pgvault import naming
 from pgvault.commands import Context, Outcome
 from pgvault.config import PgvaultConfig, Profile
-from pgvault.connection import Conn
-from pgvault.errors import IntegrityError, Refused
-from pgvault.load import psql_for
+from pgvault.errors import Refused
 from pgvault.profiles import Plan
-from pgvault.restore import (
-    TargetState,
-    confirmed,
-    file_problems,
-    inspect_target,
-    replace_database,
-    restore_conn,
-    safety_backup,
-)
+from pgvault.restore import RestorePlan, apply_restore, confirmed, plan_restore
 from pgvault.ui import Reporter, mb
 
 
 def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
     """Everything is checked before anything changes; the replace is one transaction."""
-    opts = cfg.restore
-    if not opts.allowed:
-        raise Refused(
-            f"restores are not allowed in env '{ctx.env}'",
-            "pass restore.allowed=true if you really mean to restore here",
-        )
-    directory, prefix = catalog.resolve_prefix(opts.prefix, cfg.dir)
-    bset = catalog.find_set(directory, prefix)
-    problems = file_problems(bset)
-    if problems and not opts.force:
-        raise IntegrityError(
-            f"backup set {prefix} is damaged: {problems[0]}",
-            "restore another set, or pass force=true to restore it anyway",
-        )
-    for problem in problems:
+    plan = plan_restore(cfg, ctx.env)
+    for problem in plan.problems:
         ui.warn(f"{problem}; restoring anyway (force=true)")
-    clients.decompressor(bset.compression)  # a missing zstd/gzip fails here, not mid-way
-    conn = restore_conn(cfg)
-    assert bset.manifest is not None  # find_set gives a complete set
-    profile = Plan.from_manifest(bset.manifest).profile
-    state = inspect_target(conn, opts.create_database, profile)
-    if state.warning:
-        ui.warn(state.warning)
-    psql = psql_for(state.major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version)
-    summary(ui, bset, conn, state, opts.safety_backup)
+    if plan.state.warning:
+        ui.warn(plan.state.warning)
+    summary(ui, plan, cfg.restore.safety_backup)
+    conn, prefix = plan.conn, plan.bset.prefix
     question = f"Replace database {conn.dbname} at {conn.where} with {prefix}? (y/N) "
     if not confirmed(cfg, question, ctx.ask):
         # Not a success: a script that goes on after `pgvault restore` must not think so.
         raise Refused("Restore cancelled.", "nothing was changed")
     started = time.monotonic()
-    # No prune or backup meanwhile (the safety backup takes the lock again: re-entrant).
-    with catalog.locked(directory, timeout=cfg.lock_timeout, what="restore"):
-        if state.exists and opts.safety_backup:
-            safety = safety_backup(cfg, conn, directory)
-            ui.ok(f"Safety backup of {conn.dbname}: {safety} (in {directory})")
-        replace_database(cfg, ui, bset, conn, psql, state)
+
+    def safety_taken(safety: str) -> None:
+        ui.ok(f"Safety backup of {conn.dbname}: {safety} (in {plan.bset.directory})")
+
+    apply_restore(cfg, plan, ui, safety_taken)
     ui.ok(
         f"Restore completed successfully! {conn.dbname} at {conn.where} now holds {prefix} "
-        f"(PostgreSQL {state.version}, {time.monotonic() - started:.1f} s)"
+        f"(PostgreSQL {plan.state.version}, {time.monotonic() - started:.1f} s)"
     )
-    return Outcome(prefix, bset.size)
+    return Outcome(prefix, plan.bset.size)
 
 
-def summary(ui: Reporter, bset: BackupSet, conn: Conn, state: TargetState, safety: bool) -> None:
+def summary(ui: Reporter, plan: RestorePlan, safety: bool) -> None:
+    bset, conn, state = plan.bset, plan.conn, plan.state
     m = bset.manifest
     assert m is not None
     ui.say(
@@ -88,8 +59,11 @@ def summary(ui: Reporter, bset: BackupSet, conn: Conn, state: TargetState, safet
     where = f" at {m.server}" if m.server else ""
     ui.say(f"Source: database {source}{where} (target {m.target}, PostgreSQL {m.server_version})")
     ui.say(f"Target: database {conn.dbname} at {conn.where}" + ("" if state.exists else " (new)"))
-    if source != conn.dbname:
-        ui.say(f"   Note: the set is of database {source}; it goes into {conn.dbname}.")
+    if source != conn.dbname or (m.server is not None and m.server != conn.where):
+        origin = f"{source} at {m.server}" if m.server else source
+        ui.say(
+            f"   Note: the set is of database {origin}; it goes into {conn.dbname} at {conn.where}."
+        )
     profile = Plan.from_manifest(m).profile
     ui.say(
         f"Profile: {profile}"

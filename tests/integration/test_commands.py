@@ -19,6 +19,7 @@ import pytest
 from pgvault import __version__, cli, hooks, naming
 from pgvault.arguments import option_names
 from pgvault.commands import SPECS
+from pgvault.connection import connect
 from pgvault.schemas import HERE as SCHEMA_DIR
 from pgvault.schemas import generated, text
 from tests.conftest import (
@@ -90,6 +91,23 @@ def test_a_misspelt_key_gets_the_closest_one_and_never_a_plus(tmp_path, word):
     assert not directory.exists()
 
 
+def test_keys_that_moved_in_0_2_say_where_they_went(tmp_path):
+    line = only_line(run_pgvault("backup", "verify.after_backup=true", env=pgvault_env()))
+    assert "verify.after_backup is now backup.verify" in line
+    (tmp_path / "conf" / "env").mkdir(parents=True)
+    (tmp_path / "conf" / "env" / "old.yaml").write_text("# @package _global_\ncompression: zstd\n")
+    res = run_pgvault("backup", "env=old", f"dir={tmp_path}/b", env=pgvault_env(), cwd=tmp_path)
+    assert "compression is now backup.compression" in only_line(res)
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_command_comes_first_and_multirun_needs_one(tmp_path):
+    line = only_line(run_pgvault("-m", "list", "dir=/x", env=pgvault_env(), cwd=tmp_path))
+    assert "'list' is a command, and the command comes first" in line
+    line = only_line(run_pgvault("-m", "target=local,supabase_local", env=pgvault_env()))
+    assert "no command given" in line
+
+
 def test_a_plus_on_a_known_key_is_refused(tmp_path):
     line = only_line(run_pgvault("backup", "+retention.days=3", env=pgvault_env(), cwd=tmp_path))
     assert "drop the +: retention.days=3" in line
@@ -133,7 +151,9 @@ def config_dir_case(case: str, tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_help_and_multirun_work_with_any_config_dir(tmp_path, case):
     cwd, env = config_dir_case(case, tmp_path)
     before = sorted(p.name for p in cwd.iterdir())
-    for args in (("--help",), ("-h",), ("list", "--help"), ("backup", "--info", "searchpath")):
+    helps = (("--help",), ("-h",), ("list", "--help"), ("--hydra-help",), ("--info",),
+             ("list", "-i"), ("backup", "--info", "searchpath"))  # fmt: skip
+    for args in helps:
         res = run_pgvault(*args, env=env, cwd=cwd)
         assert res.returncode == 0, (args, res.stderr)
         assert "unrecognized arguments" not in res.stderr
@@ -219,6 +239,28 @@ def test_make_targets_pass_args_through(crm, tmp_path):
     assert res.returncode == 0, res.stderr
     (one,) = json.loads(res.stdout)["sets"]
     assert one["compression"] == "zstd"
+    run_sql(cluster.conn(name), "DELETE FROM contacts")
+    restore = f"dir={directory} target.url={url} yes=true restore.safety_backup=false"
+    res = subprocess.run(
+        [*make, "restore-database", "BACKUP_PREFIX=latest", f"ARGS={restore}"],
+        env=pgvault_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    with connect(cluster.conn(name)) as pg:
+        assert pg.execute("SELECT count(*) FROM contacts").fetchone() == (500,)
+    # The issue's example: overrides given to make itself are refused, not dropped.
+    res = subprocess.run(
+        [*make, "backup-database", "target=supabase_local", "compression=zstd"],
+        env=pgvault_env(BACKUP_DIR=str(directory)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode != 0 and "went to make, not to pgvault" in res.stdout
+    assert len(list(directory.glob("*-manifest.json"))) == 1
 
 
 def test_sources_safety_sets_latest_and_a_restore_into_another_database(crm, tmp_path):
@@ -241,7 +283,10 @@ def test_sources_safety_sets_latest_and_a_restore_into_another_database(crm, tmp
     )
     assert res.returncode == 0, res.stderr
     assert f"Source: database {name} at 127.0.0.1:{cluster.port}" in res.stdout
-    assert f"the set is of database {name}; it goes into {other}" in res.stdout
+    where = f"127.0.0.1:{cluster.port}"
+    assert (
+        f"the set is of database {name} at {where}; it goes into {other} at {where}" in res.stdout
+    )
     assert f"REPLACE database {other}" in res.stdout
     sets = json.loads(run_pgvault("list", f"dir={directory}", "format=json", env=env).stdout)
     kinds = {s["prefix"]: s["kind"] for s in sets["sets"]}
@@ -319,9 +364,11 @@ def test_list_check_exits_non_zero_when_a_set_needs_a_look(crm, tmp_path):
     assert res.returncode == 1 and json.loads(res.stdout)["sets"][0]["status"] == "incomplete"
 
 
-def run_on_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run the CLI with stderr (and stdin, stdout) on a pseudo-terminal; return its
-    exit code and everything it wrote there."""
+def run_on_terminal(
+    args: list[str], env: dict[str, str], answer: bytes | None = None
+) -> tuple[int, str]:
+    """Run the CLI with stderr (and stdin, stdout) on a pseudo-terminal, typing answer at
+    its first (y/N) question; return its exit code and everything it wrote there."""
     pid, fd = pty.fork()
     if pid == 0:  # the child
         os.execvpe(sys.executable, [sys.executable, "-m", "pgvault", *args], env)
@@ -337,12 +384,15 @@ def run_on_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
         if not chunk:
             break
         out += chunk
+        if answer is not None and b"(y/N)" in out:
+            os.write(fd, answer)
+            answer = None
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), out.decode("utf-8", "replace")
 
 
 def test_progress_bars_on_a_terminal_only(crm, tmp_path):
-    cluster, name, _ = crm
+    cluster, name, other = crm
     directory = tmp_path / "backups"
     env = pgvault_env(TERM="xterm", COLUMNS="120")
     run_sql(
@@ -352,6 +402,8 @@ def test_progress_bars_on_a_terminal_only(crm, tmp_path):
     backup = ["backup", f"dir={directory}", f"target.url={cluster.url(name)}"]
     code, shown = run_on_terminal(backup, env)
     assert code == 0, shown
+    # The first backup's total is the size of the tables: a bar with bytes of a total.
+    assert "  data" in shown and "ETA" in shown and re.search(r"[\d.]+/[\d.]+ MB", shown)
     code, shown = run_on_terminal(["verify", f"dir={directory}"], env)
     assert code == 0, shown
     assert (
@@ -361,6 +413,14 @@ def test_progress_bars_on_a_terminal_only(crm, tmp_path):
     assert code == 0 and "ETA" not in quiet
     piped = run_pgvault("verify", f"dir={directory}", env=env)
     assert piped.returncode == 0 and "ETA" not in piped.stderr + piped.stdout
+    restore = ["restore", f"dir={directory}", "prefix=latest", f"target.url={cluster.url(name)}",
+               f"restore.target={other}"]  # fmt: skip
+    code, shown = run_on_terminal([*restore, "restore.safety_backup=false", "yes=true"], env)
+    assert code == 0 and "restore" in shown and "ETA" in shown, shown
+    # Asked on a terminal, the question names the database it replaces; "n" cancels.
+    code, shown = run_on_terminal(restore, env, answer=b"n\n")
+    assert code == 1 and "Restore cancelled" in shown
+    assert re.search(rf"Replace database {other} at \S+ with backup-[-\d]+\? \(y/N\)", shown)
 
 
 # -- Hooks and published schemas -----------------------------------------------------------

@@ -643,7 +643,7 @@ def test_without_a_terminal_it_shows_the_plan_and_refuses(feature_set, feature_d
         f"PostgreSQL {m['server_version']})" in out
     )
     assert f"Target: database {watched.dbname} at " in out
-    assert f"it goes into {watched.dbname}" in out  # another database than the source
+    assert f"it goes into {watched.dbname} at " in out  # another database than the source
     assert f"WARNING: This will REPLACE database {watched.dbname} with the backup." in out
     assert "A safety backup of it is taken first." in out
 

@@ -208,7 +208,7 @@ CHANGES = [
     (("profile",), "auto", "profile"),
     (("supabase",), {}, "supabase"),
     (("unknown",), 1, "unknown"),
-    (("format",), 3, "is not a pgvault manifest"),
+    (("format",), 3, "written by a newer pgvault"),
     (("format",), 0, "is not a pgvault manifest"),
     (("format",), True, "is not a pgvault manifest"),
     (("format",), "1", "is not a pgvault manifest"),
