@@ -14,15 +14,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
-class Command(Enum):
-    backup = "backup"
-    list = "list"
-    prune = "prune"
-    restore = "restore"
-    verify = "verify"
-    show = "show"
-
-
 class Compression(Enum):
     none = "none"
     gzip = "gzip"
@@ -131,7 +122,8 @@ class ClientsConfig:
 class PgvaultConfig:
     """Keys every command takes, then one node per command (its options)."""
 
-    command: Command = Command.backup
+    # The first word of the command line; pgvault.commands.SPECS names the commands.
+    command: str = "backup"
     dir: str | None = None
     target: TargetConfig = field(default_factory=TargetConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pgvault import commands, pipeline
 from pgvault.cluster import server_programs, throwaway
-from pgvault.config import Command, PgvaultConfig, TargetConfig
+from pgvault.config import PgvaultConfig, TargetConfig
 from pgvault.connection import connect
 from pgvault.errors import PgvaultError
 from pgvault.ui import Reporter
@@ -46,22 +46,22 @@ def run_demo(bindir: str | None, ui: Reporter) -> None:
         cfg.restore.prefix = "latest"
         cfg.prune.dry_run = True
 
-        def step(command: Command, shown: str) -> None:
+        def step(command: str, shown: str) -> None:
             ui.say(f"\n$ pgvault {shown}")
             commands.run(replace(cfg, command=command), ui)
 
-        step(Command.backup, "backup")
-        step(Command.list, "list")
-        step(Command.verify, "verify")
+        step("backup", "backup")
+        step("list", "list")
+        step("verify", "verify")
         with connect(c.conn("crm"), autocommit=True) as pg:
             pg.execute("DELETE FROM contacts")  # an accident worth a restore
         ui.say("\n(the contacts table was just emptied by mistake)")
-        step(Command.restore, "restore prefix=latest yes=true")
+        step("restore", "restore prefix=latest yes=true")
         with connect(c.conn("crm"), autocommit=True) as pg:
             row = pg.execute("SELECT count(*) FROM contacts").fetchone()
         ui.say(f"contacts holds {row[0] if row else 0} rows again.")
-        step(Command.list, "list")
-        step(Command.prune, "prune dry_run=true")
+        step("list", "list")
+        step("prune", "prune dry_run=true")
     ui.say("\nThe cluster and the temp dir are gone again. Try it on your own database:")
     ui.say("  BACKUP_DIR=/abs/path .venv/bin/pgvault backup target.url=postgresql://...")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from pgvault import catalog, naming
 from pgvault.config import RetentionConfig
 from pgvault.errors import ConfigError, PgvaultError
+from pgvault.store import LocalStore, Store
 
 VERDICTS = ("verified", "failed")
 
@@ -238,12 +239,14 @@ def deletion_order(bset: catalog.BackupSet) -> list[Path]:
     return paths
 
 
-def delete_set(bset: catalog.BackupSet) -> int:
-    """Delete a set's files in deletion_order; return how many were deleted."""
+def delete_set(bset: catalog.BackupSet, store: Store | None = None) -> int:
+    """Delete a set's files in deletion_order from its store (by default the directory
+    it was scanned from); return how many were deleted."""
+    where: Store = store or LocalStore(bset.directory)
     count = 0
     for i, p in enumerate(deletion_order(bset)):
         try:
-            p.unlink()
+            where.delete(p.name)
             count += 1
         except FileNotFoundError:
             pass
@@ -254,7 +257,7 @@ def delete_set(bset: catalog.BackupSet) -> int:
             ) from None
         if i == 0:
             # The manifest's removal must reach the disk before any data file's does.
-            catalog.fsync_dir(p.parent)
+            where.sync()
     return count
 
 

@@ -26,7 +26,10 @@ LOCK_NAME = ".pgvault.lock"
 
 
 class Store(Protocol):
-    directory: Path
+    @property
+    def directory(self) -> Path:
+        """Where its files can be read (a remote store would download them here)."""
+        ...
 
     def names(self) -> list[str]:
         """The names of the regular files it holds (no links, no directories)."""
@@ -38,6 +41,10 @@ class Store(Protocol):
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         """Write a small JSON file all or nothing."""
+        ...
+
+    def sync(self) -> None:
+        """Make the deletions and renames so far durable before going on."""
         ...
 
     def lock(self, *, timeout: float, what: str) -> AbstractContextManager[None]: ...
@@ -63,6 +70,9 @@ class LocalStore:
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         write_json_atomic(self.directory / name, data)
+
+    def sync(self) -> None:
+        fsync_dir(self.directory)
 
     def lock(self, *, timeout: float = 0.0, what: str = "backup") -> AbstractContextManager[None]:
         return locked(self.directory, timeout=timeout, what=what)

@@ -1,8 +1,8 @@
 """The commands: what each one is, which config it takes, and the one way to run one.
 
 Each command is a module here with `run(cfg, ui, ctx) -> Outcome`: config and a reporter
-in, services called, nothing of its own. Adding a command is one module, one entry in
-SPECS and one options node in config.py.
+in, services called, nothing of its own. Adding a command is one module, its entry in
+SPECS and its options node in config.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from pgvault import hooks
 from pgvault.config import PgvaultConfig
-from pgvault.errors import PgvaultError
+from pgvault.errors import ConfigError, PgvaultError
 from pgvault.ui import Reporter
 
 # Keys every command takes (`env` is the config group of per-environment overlays).
@@ -72,7 +72,9 @@ class Outcome:
 def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context | None = None) -> Outcome:
     """Run cfg.command with its start, success and failure events; raises PgvaultError."""
     ctx = ctx or Context()
-    name = cfg.command.value
+    name = cfg.command
+    if name not in SPECS:
+        raise ConfigError(f"unknown command '{name}'", f"use one of: {', '.join(SPECS)}")
     module = importlib.import_module(f"pgvault.commands.{name}")
     info = hooks.Run(name, cfg.target.name, ctx.env, cfg.dir)
     hooks.call(hooks.Event.start, info, ui.warn)

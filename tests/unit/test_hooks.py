@@ -7,7 +7,7 @@ import pytest
 
 from pgvault import commands, hooks
 from pgvault.commands import list as list_command
-from pgvault.config import Command, PgvaultConfig
+from pgvault.config import PgvaultConfig
 from pgvault.errors import NotFound
 from pgvault.ui import Reporter
 
@@ -35,7 +35,7 @@ def test_a_command_that_ends_badly_sends_one_failure(monkeypatch, heard, raised,
 
     monkeypatch.setattr(list_command, "run", boom)
     with pytest.raises(type(raised)):
-        commands.run(PgvaultConfig(command=Command.list), Reporter(quiet=True))
+        commands.run(PgvaultConfig(command="list"), Reporter(quiet=True))
     assert [e[0] for e in heard] == ["start", "failure"]
     assert heard[1][2] == code and heard[1][1]
 
@@ -47,7 +47,7 @@ def test_a_failing_hook_is_a_warning(monkeypatch, heard, capsys):
     monkeypatch.setattr(list_command, "run", lambda *a: commands.Outcome())
     hooks.register(broken)
     try:
-        outcome = commands.run(PgvaultConfig(command=Command.list), Reporter(quiet=True))
+        outcome = commands.run(PgvaultConfig(command="list"), Reporter(quiet=True))
     finally:
         hooks.unregister(broken)
     assert outcome == commands.Outcome()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from pgvault import catalog, naming, retention
 from pgvault.config import RetentionConfig
 from pgvault.errors import PgvaultError
+from pgvault.store import LocalStore
 from tests.manifests import manifest, manifest_dict
 
 STATES = ("complete", "damaged", "missing_file", "no_manifest", "bad_manifest", "partial")
@@ -533,3 +534,21 @@ def test_a_platform_file_the_manifest_names_goes_with_its_set(tmp_path):
     (tmp_path / platform.name).unlink()
     (missing,) = catalog.scan(tmp_path)
     assert not missing.complete and platform.name in missing.missing
+
+
+def test_a_set_is_deleted_through_the_store_it_is_given(tmp_path):
+    bset = write_set(tmp_path, BASE)
+    calls: list[str] = []
+
+    class Recording(LocalStore):
+        def delete(self, name: str) -> None:
+            calls.append(name)
+            super().delete(name)
+
+        def sync(self) -> None:
+            calls.append("sync")
+            super().sync()
+
+    assert retention.delete_set(bset, Recording(tmp_path)) == len(calls) - 1
+    assert calls[0].endswith("-manifest.json") and calls[1] == "sync"
+    assert calls[-1].endswith("-verify.json") and list(tmp_path.iterdir()) == []
