@@ -81,14 +81,18 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context | None = None) -> Outcome
     try:
         outcome: Outcome = module.run(cfg, ui, ctx)
     except PgvaultError as e:
-        failed = replace(info, error=e.line(), exit_code=e.exit_code)
+        from pgvault.connection import mask_secrets  # psycopg: only when needed
+
+        failed = replace(info, error=mask_secrets(e.line()), exit_code=e.exit_code)
         hooks.call(hooks.Event.failure, failed, ui.warn)
         raise
     except KeyboardInterrupt:
         hooks.call(hooks.Event.failure, replace(info, error="interrupted", exit_code=130), ui.warn)
         raise
     except BaseException as e:  # a bug still ends the run for the hooks
-        failed = replace(info, error=f"{type(e).__name__}: {e}", exit_code=1)
+        from pgvault.connection import mask_secrets
+
+        failed = replace(info, error=mask_secrets(f"{type(e).__name__}: {e}"), exit_code=1)
         hooks.call(hooks.Event.failure, failed, ui.warn)
         raise
     done = replace(info, prefix=outcome.prefix, size_bytes=outcome.size_bytes)

@@ -27,7 +27,7 @@ def heard():
 @pytest.mark.parametrize(
     ("raised", "code"),
     [(NotFound("no such set", "pick another"), 1), (KeyboardInterrupt(), 130),
-     (RuntimeError("a bug"), 1)],
+     (RuntimeError("a bug near postgresql://u:s3cret@db/x"), 1)],
 )  # fmt: skip
 def test_a_command_that_ends_badly_sends_one_failure(monkeypatch, heard, raised, code):
     def boom(*args: object) -> None:
@@ -37,7 +37,7 @@ def test_a_command_that_ends_badly_sends_one_failure(monkeypatch, heard, raised,
     with pytest.raises(type(raised)):
         commands.run(PgvaultConfig(command="list"), Reporter(quiet=True))
     assert [e[0] for e in heard] == ["start", "failure"]
-    assert heard[1][2] == code and heard[1][1]
+    assert heard[1][2] == code and heard[1][1] and "s3cret" not in heard[1][1]
 
 
 def test_a_failing_hook_is_a_warning(monkeypatch, heard, capsys):
