@@ -15,7 +15,6 @@ import os
 import re
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any
 
 from pgvault.commands import COMMON, SPECS, Spec
 from pgvault.config import PgvaultConfig
@@ -234,8 +233,3 @@ def what_it_takes(spec: Spec, key: str) -> str:
         + (f", {others}" if others else "")
         + f", and {', '.join(COMMON)}"
     )
-
-
-def describe(spec: Spec) -> dict[str, Any]:
-    """The keys a command takes, for help texts."""
-    return {"options": option_names(spec), "also": list(spec.takes), "common": list(COMMON)}

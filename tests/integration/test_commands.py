@@ -27,19 +27,13 @@ from tests.conftest import (
     PASSWORD_USER,
     create_database,
     drop_database,
+    one_line_error,
     pgvault_env,
     run_pgvault,
     run_sql,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def only_line(res: subprocess.CompletedProcess[str]) -> str:
-    assert res.returncode != 0, res.stdout
-    (line,) = res.stderr.strip().splitlines()
-    assert line.startswith("pgvault: error: ") and line.endswith(")"), line
-    return line
 
 
 # -- Options belong to their command ---------------------------------------------------
@@ -62,7 +56,7 @@ def test_every_command_rejects_an_option_it_does_not_take(tmp_path, command):
     res = run_pgvault(
         command, f"dir={directory}", f"{option}=true", env=pgvault_env(), cwd=tmp_path
     )
-    line = only_line(res)
+    line = one_line_error(res)
     assert res.returncode == 2
     assert f"{command} does not take {option}" in line
     for own in option_names(SPECS[command]):
@@ -73,10 +67,12 @@ def test_every_command_rejects_an_option_it_does_not_take(tmp_path, command):
 def test_the_issues_examples_are_refused(tmp_path):
     env = pgvault_env()
     res = run_pgvault("list", "dry_run=true", "yes=true", "all=true", "force=true", env=env)
-    assert "list does not take dry_run" in only_line(res)
-    assert "prune does not take format" in only_line(run_pgvault("prune", "format=json", env=env))
+    assert "list does not take dry_run" in one_line_error(res)
+    assert "prune does not take format" in one_line_error(
+        run_pgvault("prune", "format=json", env=env)
+    )
     # Another command's option written out in full is refused just the same.
-    assert "list does not take restore.yes" in only_line(
+    assert "list does not take restore.yes" in one_line_error(
         run_pgvault("list", "restore.yes=true", env=env)
     )
 
@@ -85,42 +81,44 @@ def test_the_issues_examples_are_refused(tmp_path):
 def test_a_misspelt_key_gets_the_closest_one_and_never_a_plus(tmp_path, word):
     directory = tmp_path / "backups"
     res = run_pgvault("backup", f"dir={directory}", word, env=pgvault_env(), cwd=tmp_path)
-    line = only_line(res)
+    line = one_line_error(res)
     assert "unknown key 'retention.dayz'" in line and "did you mean retention.days?" in line
     assert "+" not in line.replace(word, "")
     assert not directory.exists()
 
 
 def test_keys_that_moved_in_0_2_say_where_they_went(tmp_path):
-    line = only_line(run_pgvault("backup", "verify.after_backup=true", env=pgvault_env()))
+    line = one_line_error(run_pgvault("backup", "verify.after_backup=true", env=pgvault_env()))
     assert "verify.after_backup is now backup.verify" in line
     (tmp_path / "conf" / "env").mkdir(parents=True)
     (tmp_path / "conf" / "env" / "old.yaml").write_text("# @package _global_\ncompression: zstd\n")
     res = run_pgvault("backup", "env=old", f"dir={tmp_path}/b", env=pgvault_env(), cwd=tmp_path)
-    assert "compression is now backup.compression" in only_line(res)
+    assert "compression is now backup.compression" in one_line_error(res)
     assert not (tmp_path / "b").exists()
 
 
 def test_the_command_comes_first_and_multirun_needs_one(tmp_path):
-    line = only_line(run_pgvault("-m", "list", "dir=/x", env=pgvault_env(), cwd=tmp_path))
+    line = one_line_error(run_pgvault("-m", "list", "dir=/x", env=pgvault_env(), cwd=tmp_path))
     assert "'list' is a command, and the command comes first" in line
-    line = only_line(run_pgvault("-m", "target=local,supabase_local", env=pgvault_env()))
+    line = one_line_error(run_pgvault("-m", "target=local,supabase_local", env=pgvault_env()))
     assert "no command given" in line
 
 
 def test_a_plus_on_a_known_key_is_refused(tmp_path):
-    line = only_line(run_pgvault("backup", "+retention.days=3", env=pgvault_env(), cwd=tmp_path))
+    line = one_line_error(
+        run_pgvault("backup", "+retention.days=3", env=pgvault_env(), cwd=tmp_path)
+    )
     assert "drop the +: retention.days=3" in line
 
 
 def test_a_tilde_is_expanded_and_grammar_errors_say_what_to_quote(tmp_path):
     env = pgvault_env(HOME=str(tmp_path))
     res = run_pgvault("list", "dir=~/backups", env=env, cwd=tmp_path)
-    assert f"{tmp_path}/backups does not exist" in only_line(res)
+    assert f"{tmp_path}/backups does not exist" in one_line_error(res)
     (tmp_path / "backups").mkdir()
     res = run_pgvault("list", "dir=~/backups", env=env, cwd=tmp_path)
     assert res.returncode == 0 and f"No backups found in {tmp_path}/backups." in res.stdout
-    line = only_line(run_pgvault("list", "dir=/a b]", env=env, cwd=tmp_path))
+    line = one_line_error(run_pgvault("list", "dir=/a b]", env=env, cwd=tmp_path))
     assert "cannot read 'dir=/a b]'" in line and "quote" in line
 
 
@@ -206,13 +204,18 @@ def crm(pg_cluster):
     drop_database(pg_cluster, other)
 
 
+def run_make(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", *argv], env=pgvault_env(**env), capture_output=True, text=True, timeout=300
+    )
+
+
 def test_make_targets_pass_args_through(crm, tmp_path):
     cluster, name, _ = crm
     directory = tmp_path / "backups"
     url = cluster.url(name)
     args = f"dir={directory} target.url={url} backup.compression=zstd quiet=true"
     make = [
-        "make",
         "-s",
         "-C",
         str(ROOT),
@@ -220,45 +223,24 @@ def test_make_targets_pass_args_through(crm, tmp_path):
         ".venv/.installed",
         f"PGVAULT={sys.executable} -m pgvault",
     ]
-    res = subprocess.run(
-        [*make, "backup-database", f"ARGS={args}"],
-        env=pgvault_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = run_make(*make, "backup-database", f"ARGS={args}")
     assert res.returncode == 0, res.stderr
     assert len(list(directory.glob("*-data.sql.zst"))) == 1
-    res = subprocess.run(
-        [*make, "list-backups", f"ARGS=dir={directory} format=json"],
-        env=pgvault_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = run_make(*make, "list-backups", f"ARGS=dir={directory} format=json")
     assert res.returncode == 0, res.stderr
     (one,) = json.loads(res.stdout)["sets"]
     assert one["compression"] == "zstd"
     run_sql(cluster.conn(name), "DELETE FROM contacts")
     restore = f"dir={directory} target.url={url} yes=true restore.safety_backup=false"
-    res = subprocess.run(
-        [*make, "restore-database", "BACKUP_PREFIX=latest", f"ARGS={restore}"],
-        env=pgvault_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = run_make(*make, "restore-database", "BACKUP_PREFIX=latest", f"ARGS={restore}")
     assert res.returncode == 0, res.stderr
     with connect(cluster.conn(name)) as pg:
         assert pg.execute("SELECT count(*) FROM contacts").fetchone() == (500,)
     # The issue's example: overrides given to make itself are refused, not dropped.
-    res = subprocess.run(
-        [*make, "backup-database", "target=supabase_local", "compression=zstd"],
-        env=pgvault_env(BACKUP_DIR=str(directory)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = run_make(
+        *make, "backup-database", "target=supabase_local", "compression=zstd",
+        BACKUP_DIR=str(directory),
+    )  # fmt: skip
     assert res.returncode != 0 and "went to make, not to pgvault" in res.stdout
     assert len(list(directory.glob("*-manifest.json"))) == 1
 
@@ -334,7 +316,7 @@ def test_show_tells_what_a_set_holds(crm, tmp_path):
     assert doc["manifest"] == json.loads(json.dumps(manifest))
     assert doc["verification"]["verdict"] == "verified" and len(doc["verification"]["history"]) == 1
     assert doc["manifest"]["tables"]["public.contacts"]["size"] > 0
-    line = only_line(
+    line = one_line_error(
         run_pgvault("show", f"dir={directory}", "prefix=backup-2000-01-01-000000", env=env)
     )
     assert "no backup set backup-2000-01-01-000000" in line
@@ -357,7 +339,7 @@ def test_list_check_exits_non_zero_when_a_set_needs_a_look(crm, tmp_path):
     assert run_pgvault("list", f"dir={directory}", env=env).returncode == 0
     res = run_pgvault("list", f"dir={directory}", "check=true", env=env)
     assert res.returncode == 1 and "damaged" in res.stdout
-    assert "1 set(s) need a look" in only_line(res)
+    assert "1 set(s) need a look" in one_line_error(res)
     data.write_bytes(body)
     next(directory.glob("*-schema.sql")).unlink()
     res = run_pgvault("list", f"dir={directory}", "check=true", "format=json", env=env)
