@@ -70,6 +70,8 @@ class RestoreConfig:
     # Restore into this database name or URL instead of the configured target.
     target: str | None = None
     create_database: bool = False
+    # Seconds to wait for a table another session has locked before giving up.
+    table_lock_timeout: float = 120.0
     # backup-YYYY-MM-DD-HHMMSS, an absolute path ending in one, or "latest".
     prefix: str | None = None
     yes: bool = False
@@ -91,6 +93,8 @@ class BackupOptions:
     compression: Compression = Compression.none
     # Verify the new set right away (verify.target says where).
     verify: bool = False
+    # Seconds pg_dump waits for a table another session has locked before giving up.
+    table_lock_timeout: float = 120.0
 
 
 @dataclass
@@ -104,6 +108,8 @@ class ListOptions:
 class PruneOptions:
     dry_run: bool = False
     check: bool = False
+    # Also delete incomplete sets (a killed backup's leftovers) older than a day.
+    incomplete: bool = False
 
 
 @dataclass
