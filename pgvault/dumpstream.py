@@ -149,7 +149,35 @@ class CopyStats:
         }
 
 
-_CREATE_ROLE = re.compile(rb"^CREATE ROLE (.+);$")
+# One lexical token of pg_dumpall's output: a quoted identifier or string (either may
+# span lines), a comment, a newline, or a run of anything else. A quote or comment the
+# data ends inside of matches nothing: the rest waits for the next chunk.
+_TOKEN = re.compile(rb'"(?:[^"]|"")*"|\'(?:[^\']|\'\')*\'|--[^\n]*\n|\n|[^"\'\n-]+|-')
+_CREATE_ROLE = re.compile(rb'CREATE ROLE ("(?:[^"]|"")*"|[^\s";]+);\n?')
+_CREATE_WORDS = b"CREATE ROLE "
+
+
+def _line_end(data: bytes, i: int, final: bool) -> int | None:
+    """Where the line starting at i ends (past its newline), reading quoted text as a
+    whole so a newline inside a role's name does not end it; None: not in data yet."""
+    n = len(data)
+    while i < n:
+        m = _TOKEN.match(data, i)
+        if m is None:
+            return n if final else None
+        i = m.end()
+        if data[i - 1 : i] == b"\n":
+            return i
+    return n if final else None
+
+
+def _dollar_tag(text: bytes) -> bytes:
+    """A dollar-quote tag that text does not contain (a role may be named x$pgvault$y)."""
+    tag, k = b"$pgvault$", 0
+    while tag in text:
+        k += 1
+        tag = b"$pgvault%d$" % k
+    return tag
 
 
 class RolesRewriter:
@@ -158,33 +186,39 @@ class RolesRewriter:
     `CREATE ROLE x;` aborts a restore into any cluster that has x (every cluster has
     its bootstrap superuser), so each becomes a block that tolerates an existing role.
     The ALTER ROLE that follows still sets every attribute, so the result is the same.
+    Role names are read as SQL reads them: a quoted name may hold newlines, quotes and
+    dollar signs, and text inside a name or string is never taken for a statement.
     """
 
     def __init__(self) -> None:
         self._carry = b""
 
     def __call__(self, chunk: bytes) -> bytes:
-        if not chunk:  # end of stream
-            rest, self._carry = self._carry, b""
-            return self._rewrite(rest)
+        final = not chunk  # an empty chunk ends the stream
         data = self._carry + chunk
-        end = data.rfind(b"\n") + 1
-        self._carry = data[end:]
-        return self._rewrite(data[:end])
-
-    @staticmethod
-    def _rewrite(block: bytes) -> bytes:
-        if b"CREATE ROLE " not in block:
-            return block
-        lines = block.split(b"\n")
-        for i, line in enumerate(lines):
-            m = _CREATE_ROLE.match(line)
-            if m:
-                lines[i] = (
-                    b"DO $pgvault$ BEGIN CREATE ROLE " + m.group(1) + b"; "
-                    b"EXCEPTION WHEN duplicate_object THEN NULL; END $pgvault$;"
+        out = bytearray()
+        i = 0
+        while i < len(data):
+            if len(data) - i < len(_CREATE_WORDS) and not final:
+                if _CREATE_WORDS.startswith(data[i:]):
+                    break  # maybe a CREATE ROLE whose rest comes next
+            end = _line_end(data, i, final)
+            if end is None:
+                break
+            line = data[i:end]
+            m = _CREATE_ROLE.fullmatch(line) if line.startswith(_CREATE_WORDS) else None
+            if m is None:
+                out += line
+            else:
+                tag = _dollar_tag(m[1])
+                out += (
+                    b"DO " + tag + b" BEGIN CREATE ROLE " + m[1] + b"; "
+                    b"EXCEPTION WHEN duplicate_object THEN NULL; END " + tag + b";"
+                    + (b"\n" if line.endswith(b"\n") else b"")
                 )
-        return b"\n".join(lines)
+            i = end
+        self._carry = data[i:]
+        return bytes(out)
 
 
 _BLOB_TRANSACTION = (b"BEGIN;", b"COMMIT;")

@@ -66,16 +66,16 @@ def roles_statement(stmt: str, superusers: frozenset[str]) -> str | None:
     return stmt
 
 
-def _open_string(text: str) -> bool:
-    """Whether text ends inside a single-quoted string (quotes inside double-quoted
-    identifiers, such as a role named o'brien, do not count)."""
+def _open_quote(text: str) -> bool:
+    """Whether text ends inside a single-quoted string or a double-quoted name (a role
+    may be named o'brien, or hold a newline)."""
     single = double = False
     for c in text:
         if c == "'" and not double:
             single = not single
         elif c == '"' and not single:
             double = not double
-    return single
+    return single or double
 
 
 class SupabaseRoles:
@@ -100,8 +100,8 @@ class SupabaseRoles:
             self._pending.append(line)
             stmt = "\n".join(self._pending)
             comment = len(self._pending) == 1 and line.startswith("--")
-            if chunk and not comment and _open_string(stmt):
-                continue  # a string literal goes on on the next line
+            if chunk and not comment and _open_quote(stmt):
+                continue  # a string or a quoted name goes on on the next line
             self._pending = []
             if stmt.startswith(("--", "\\")) or not stmt.strip():
                 out.append(stmt)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -111,3 +112,48 @@ def test_sequences_come_from_setval_lines_outside_copy(calls, tables, cuts):
     for name, value, called in calls:
         expected[name] = value if called else None
     assert stats.sequences == expected
+
+
+def _quote_ident(name: str) -> bytes:
+    return ('"' + name.replace('"', '""') + '"').encode()
+
+
+role_names = st.text(
+    st.sampled_from(list("ab$'\"\n; -CREATE ROLpgvaut")), min_size=1, max_size=24
+) | st.sampled_from(["x$pgvault$y", "line1\nline2", "$pgvault$", "a\nCREATE ROLE b;\nc"])
+
+
+@given(st.lists(role_names, min_size=1, max_size=4, unique=True), st.lists(st.integers(0, 10**4)))
+def test_roles_rewrite_reads_names_as_sql_does(names, cuts):
+    """Any role name (dollar signs, newlines, quotes, text that looks like a statement)
+    gives exactly one tolerant CREATE per role, whose dollar quote the name cannot end."""
+    src = b"SET standard_conforming_strings = on;\n"
+    for name in names:
+        q = _quote_ident(name)
+        src += b"CREATE ROLE " + q + b";\nALTER ROLE " + q + b" WITH NOLOGIN;\n"
+        src += b"COMMENT ON ROLE " + q + b" IS '" + name.replace("'", "''").encode() + b"';\n"
+    rw = RolesRewriter()
+    out = b""
+    pos = 0
+    for cut in sorted({c % (len(src) + 1) for c in cuts} - {0}):
+        out += rw(src[pos:cut])
+        pos = cut
+    out += rw(src[pos:]) + rw(b"")
+    for name in names:
+        q = _quote_ident(name)
+        m = re.search(rb"DO (\$pgvault\d*\$) BEGIN CREATE ROLE " + re.escape(q) + rb"; ", out)
+        assert m is not None, out
+        body = out[m.end() : out.index(m[1], m.end())]
+        assert body == b"EXCEPTION WHEN duplicate_object THEN NULL; END "
+        assert m[1] not in q
+        assert b"\nALTER ROLE " + q + b" WITH NOLOGIN;\n" in out
+    assert out.count(b"EXCEPTION WHEN duplicate_object") == len(names)
+    # Nothing else changed: undoing the wrapping gives the input back.
+    undone = re.sub(
+        rb"DO (\$pgvault\d*\$) BEGIN (CREATE ROLE .*?); EXCEPTION WHEN duplicate_object THEN"
+        rb" NULL; END \1;",
+        rb"\2;",
+        out,
+        flags=re.S,
+    )
+    assert undone == src

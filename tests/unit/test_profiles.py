@@ -141,6 +141,22 @@ def test_the_roles_transform_handles_strings_across_lines_and_chunks():
         assert out == b"CREATE ROLE app;\nCOMMENT ON ROLE app IS 'its\nown;';\n", size
 
 
+def test_the_roles_transform_keeps_role_names_across_lines_whole():
+    """A role may be named with a newline: its statements span lines and must reach the
+    restore whole, and a reserved name inside it must not be mistaken for a statement."""
+    dump = (
+        b'CREATE ROLE "line1\nline2";\nALTER ROLE "line1\nline2" WITH NOSUPERUSER LOGIN;\n'
+        b'CREATE ROLE "x\nCREATE ROLE anon;\n";\nCREATE ROLE anon;\n'
+    )
+    for size in (1, 4, 9, len(dump)):
+        f = SupabaseRoles(frozenset())
+        out = b"".join(f(c) for c in cut(dump, size)) + f(b"")
+        assert out == (
+            b'CREATE ROLE "line1\nline2";\nALTER ROLE "line1\nline2" WITH LOGIN;\n'
+            b'CREATE ROLE "x\nCREATE ROLE anon;\n";\n'
+        ), size
+
+
 # --- the entry filter ----------------------------------------------------------------------
 
 entry_types = st.sampled_from(["TABLE", "FUNCTION", "TRIGGER", "POLICY", "ACL", "DEFAULT ACL"])
