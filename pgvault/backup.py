@@ -18,11 +18,11 @@ from typing import Any, cast
 
 import psycopg
 
-from pgvault import __version__, catalog, clients, naming, pipeline, profiles, retention
+from pgvault import __version__, catalog, clients, locks, naming, pipeline, profiles, retention
 from pgvault.config import PgvaultConfig
 from pgvault.connection import Conn, conn_for_target, connect
 from pgvault.dumpstream import CopyStats
-from pgvault.errors import PgvaultError
+from pgvault.errors import ClientProgramError, PgvaultError
 from pgvault.facts import read_facts
 from pgvault.listener import Listener
 from pgvault.manifest import FORMAT, Manifest
@@ -130,9 +130,22 @@ def take_backup(
         directory = catalog.backup_dir(cfg.dir, create=True)
         with catalog.locked(directory, timeout=cfg.lock_timeout, what="backup"):
             remove_stale_partials(directory)
-            result = _write_set(
-                cfg, ui, pg, conn, programs, directory, compressor, env_name, clock, profile, kind
-            )
+            try:
+                result = _write_set(
+                    cfg, ui, pg, conn, programs, directory, compressor, env_name, clock, profile,
+                    kind,
+                )  # fmt: skip
+            except (ClientProgramError, psycopg.errors.LockNotAvailable) as e:
+                if not locks.is_lock_timeout(str(e)):
+                    raise
+                with contextlib.suppress(psycopg.Error):
+                    pg.rollback()
+                raise locks.gave_up(
+                    "the backup",
+                    cfg.backup.table_lock_timeout,
+                    locks.held_by_others(conn, locks.DUMP_BLOCKERS),
+                    "backup.table_lock_timeout",
+                ) from None
             if apply_retention:
                 result.pruned = retention.prune(
                     directory, cfg.retention, now=clock(), protect=result.prefix
@@ -166,8 +179,9 @@ def _write_set(
     estimate = estimate_size(directory, cfg.target.name, conn.dbname, pg)
     try:
         snapshot, facts, stats, tables = _dump(
-            ui, pg, conn, programs, partial, compressor, profile, estimate
-        )
+            ui, pg, conn, programs, partial, compressor, profile, estimate,
+            cfg.backup.table_lock_timeout,
+        )  # fmt: skip
         for kind in kinds:
             partial[kind].rename(final[kind])
         catalog.fsync_dir(directory)
@@ -222,6 +236,7 @@ def _dump(
     compressor: list[str] | None,
     profile: str,
     estimate: int | None,
+    table_lock_timeout: float,
 ) -> tuple[dict[str, str], dict[str, Any], dict[str, pipeline.FileStats], dict[str, Any]]:
     """Run the three dumps into the partial files; return the snapshot, the facts read in
     it, each file's stats and the per-table row counts and checksums."""
@@ -230,7 +245,10 @@ def _dump(
     pg.autocommit = False
     pg.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     pg.read_only = True
+    wait_ms = locks.milliseconds(table_lock_timeout)
     try:
+        # Catalog functions lock tables too: this session gives up when pg_dump would.
+        pg.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", (f"{wait_ms}",))
         row = pg.execute("SELECT pg_catalog.pg_export_snapshot(), now()").fetchone()
         assert row is not None
         snapshot = str(row[0])
@@ -248,8 +266,8 @@ def _dump(
         copy_stats = CopyStats()
         raw = ByteCount()
         stats: dict[str, pipeline.FileStats] = {}
-        pre_data = [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "pre-data")]
-        post_data = [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "post-data")]
+        pre_data = [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "pre-data", wait_ms)]
+        post_data = [pg_dump, *clients.pg_dump_schema_args(info, snapshot, "post-data", wait_ms)]
         with ThreadPoolExecutor(max_workers=3) as pool:
             futures: dict[str, Future[pipeline.FileStats]] = {
                 "roles": pool.submit(
@@ -284,7 +302,13 @@ def _dump(
                 )
             with ui.transfer("data", estimate) as progress:
                 stats["data"] = pipeline.stream_to_file(
-                    [[pg_dump, *clients.pg_dump_data_args(info, snapshot), *plan.data_args()]],
+                    [
+                        [
+                            pg_dump,
+                            *clients.pg_dump_data_args(info, snapshot, wait_ms),
+                            *plan.data_args(),
+                        ]
+                    ],
                     env,
                     partial["data"],
                     observers=[copy_stats, raw],
@@ -331,9 +355,11 @@ def estimate_size(
             if m.compression == "none":
                 return m.files["data"].size
             break
+    # From the catalog's page counts: pg_table_size() would wait for a locked table.
     row = pg.execute(
-        "SELECT sum(pg_catalog.pg_table_size(oid))::bigint FROM pg_catalog.pg_class "
-        "WHERE relkind IN ('r', 'm') AND relnamespace <> 'pg_catalog'::regnamespace"
+        "SELECT sum(relpages)::bigint * pg_catalog.current_setting('block_size')::bigint"
+        " FROM pg_catalog.pg_class"
+        " WHERE relkind IN ('r', 'm') AND relnamespace <> 'pg_catalog'::regnamespace"
     ).fetchone()
     return int(row[0]) if row and row[0] else None
 

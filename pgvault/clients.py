@@ -142,21 +142,31 @@ def pg_dumpall_roles_args(conninfo: str, *, passwords: bool = True) -> list[str]
     return ["--roles-only", *extra, "--no-password", f"--dbname={conninfo}"]
 
 
-def pg_dump_schema_args(conninfo: str, snapshot: str, section: str) -> list[str]:
+def pg_dump_schema_args(
+    conninfo: str, snapshot: str, section: str, lock_wait_ms: int
+) -> list[str]:
     """pre-data or post-data: the schema file holds both, in that order, so a restore
     can load definitions, then data, then indexes, constraints and triggers. Large
-    objects (-B here) travel whole in the data file, as with --schema-only."""
+    objects (-B here) travel whole in the data file, as with --schema-only. A table
+    another session holds locked makes pg_dump give up after lock_wait_ms."""
     return [
         f"--section={section}",
         "-B",
         f"--snapshot={snapshot}",
+        f"--lock-wait-timeout={lock_wait_ms}",
         "--no-password",
         f"--dbname={conninfo}",
     ]
 
 
-def pg_dump_data_args(conninfo: str, snapshot: str) -> list[str]:
-    return ["--data-only", f"--snapshot={snapshot}", "--no-password", f"--dbname={conninfo}"]
+def pg_dump_data_args(conninfo: str, snapshot: str, lock_wait_ms: int) -> list[str]:
+    return [
+        "--data-only",
+        f"--snapshot={snapshot}",
+        f"--lock-wait-timeout={lock_wait_ms}",
+        "--no-password",
+        f"--dbname={conninfo}",
+    ]
 
 
 def psql_args(conninfo: str, *extra: str) -> list[str]:

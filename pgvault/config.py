@@ -151,6 +151,34 @@ def register() -> None:
     cs.store(name="pgvault_schema", node=PgvaultConfig)
 
 
+# The widest values that still mean something; beyond them dates overflow and waits
+# never end. (retention.check_policy adds the rules about what a policy may keep.)
+MAX_DAYS = 36_500
+MAX_COUNT = 1_000_000
+MAX_WAIT = 7 * 86_400.0
+
+
+def validate(cfg: PgvaultConfig) -> None:
+    """Refuse values out of range before anything runs, with the key and its range."""
+    from pgvault.errors import ConfigError
+
+    counts: dict[str, tuple[int, int]] = {"retention.days": (cfg.retention.days, MAX_DAYS)}
+    for rule in ("last", "daily", "weekly", "monthly", "yearly"):
+        counts[f"retention.keep_{rule}"] = (getattr(cfg.retention, f"keep_{rule}"), MAX_COUNT)
+    for key, (value, most) in counts.items():
+        if not 0 <= value <= most:
+            raise ConfigError(f"{key} is {value}", f"use 0 to {most:_} (0: rule off)")
+    waits = {
+        "lock_timeout": (cfg.lock_timeout, 0.0),
+        "backup.table_lock_timeout": (cfg.backup.table_lock_timeout, 1.0),
+        "restore.table_lock_timeout": (cfg.restore.table_lock_timeout, 1.0),
+    }
+    for key, (seconds, least) in waits.items():
+        # Written so that nan fails too: every comparison with it is false.
+        if not least <= seconds <= MAX_WAIT:
+            raise ConfigError(f"{key} is {seconds}", f"give seconds from {least:g} to {MAX_WAIT:g}")
+
+
 def to_typed(cfg: Any) -> PgvaultConfig:
     """Turn a composed DictConfig into the dataclass the commands take."""
     from omegaconf import OmegaConf

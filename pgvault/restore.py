@@ -8,6 +8,7 @@ pre-data, data (triggers off), post-data, COMMIT.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -185,32 +186,99 @@ def safety_backup(cfg: PgvaultConfig, conn: Conn, directory: Path) -> str:
 def replace_database(
     cfg: PgvaultConfig, ui: Listener, bset: BackupSet, conn: Conn, psql: str, state: TargetState
 ) -> None:
-    """Replace conn's database with bset in one transaction; a database this created is
-    dropped again when the restore fails."""
-    if not state.exists:
-        _create_database(conn)
-    try:
+    """Replace conn's database with bset in one transaction. A database this creates is
+    loaded under a partial name and renamed when complete, so a restore killed midway
+    never leaves an empty or half-made database under the name asked for."""
+    if state.exists:
         load_set(bset, conn, psql, state.major, strict=not cfg.restore.force, progress=ui)
+        return
+    partial = conn.with_dbname(partial_name(conn.dbname))
+    _drop_leftover(partial, conn.dbname)
+    _create_database(partial, conn)
+    try:
+        load_set(bset, partial, psql, state.major, strict=not cfg.restore.force, progress=ui)
+        _rename_database(partial, conn)
     except BaseException as e:
-        if not state.exists:
-            dropped = _drop_database(ui, conn, state.major)
-            if dropped and isinstance(e, RestoreFailed):
-                raise RestoreFailed(
-                    f"restore failed, the new database {conn.dbname} was dropped again",
-                    e.detail,
-                    e.hint,
-                ) from None
+        dropped = _drop_database(ui, partial, state.major)
+        if dropped and isinstance(e, RestoreFailed):
+            raise RestoreFailed(
+                f"restore failed, the new database {conn.dbname} was dropped again",
+                e.detail,
+                e.hint,
+            ) from None
         raise
 
 
-def _create_database(conn: Conn) -> None:
-    with connect(conn.with_dbname("postgres"), autocommit=True) as pg:
+def partial_name(dbname: str) -> str:
+    """The name a new database is loaded under: recognisably pgvault's and the target's,
+    unique per target name, within PostgreSQL's 63 bytes."""
+    digest = hashlib.sha256(dbname.encode()).hexdigest()[:8]
+    head = dbname.encode()[:36].decode("utf-8", "ignore")
+    return f"{head}.pgvault-partial-{digest}"
+
+
+def _marker(dbname: str) -> str:
+    return f"pgvault: partial restore into {dbname}"
+
+
+def _create_database(partial: Conn, final: Conn) -> None:
+    """Create the partial database, marked as pgvault's so a later run may remove it."""
+    name = sql.Identifier(partial.dbname)
+    with connect(final.with_dbname("postgres"), autocommit=True) as pg:
         try:
-            pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(conn.dbname)))
+            pg.execute(sql.SQL("CREATE DATABASE {}").format(name))
+            pg.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    name, sql.Literal(_marker(final.dbname))
+                )
+            )
         except psycopg.Error as e:
             raise PgvaultError(
-                f"cannot create database {conn.dbname}: {_first_line(e)}",
-                f"create it yourself, or restore as a role with CREATEDB (not {conn.user})",
+                f"cannot create database {final.dbname}: {_first_line(e)}",
+                f"create it yourself, or restore as a role with CREATEDB (not {final.user})",
+            ) from None
+
+
+def _rename_database(partial: Conn, final: Conn) -> None:
+    with connect(final.with_dbname("postgres"), autocommit=True) as pg:
+        try:
+            pg.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(partial.dbname), sql.Identifier(final.dbname)
+                )
+            )
+            pg.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(final.dbname))
+            )
+        except psycopg.Error as e:
+            raise PgvaultError(
+                f"the restored database could not be renamed to {final.dbname}: {_first_line(e)}",
+                "check that nobody created that database meanwhile, then restore again",
+            ) from None
+
+
+def _drop_leftover(partial: Conn, dbname: str) -> None:
+    """Remove what a killed restore into dbname left: the partial database, when it
+    carries pgvault's mark. A restore still loading into it keeps it (the drop fails)."""
+    with connect(partial.with_dbname("postgres"), autocommit=True) as pg:
+        row = pg.execute(
+            "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database"
+            " WHERE datname = %s",
+            (partial.dbname,),
+        ).fetchone()
+        if row is None:
+            return
+        if row[0] != _marker(dbname):
+            raise Refused(
+                f"a database named {partial.dbname} exists and is not pgvault's",
+                "rename or drop it; pgvault loads a new database under that name first",
+            )
+        try:
+            pg.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(partial.dbname)))
+        except psycopg.Error as e:
+            raise Refused(
+                f"another restore into {dbname} seems to be running: {_first_line(e)}",
+                "wait for it to finish",
             ) from None
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from pgvault import hooks
-from pgvault.config import PgvaultConfig
+from pgvault.config import PgvaultConfig, validate
 from pgvault.errors import ConfigError, PgvaultError
 from pgvault.ui import Reporter
 
@@ -75,6 +75,7 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context | None = None) -> Outcome
     name = cfg.command
     if name not in SPECS:
         raise ConfigError(f"unknown command '{name}'", f"use one of: {', '.join(SPECS)}")
+    validate(cfg)
     module = importlib.import_module(f"pgvault.commands.{name}")
     info = hooks.Run(name, cfg.target.name, ctx.env, cfg.dir)
     hooks.call(hooks.Event.start, info, ui.warn)

@@ -23,8 +23,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from psycopg import sql
 
 from pgvault import naming
+from pgvault import restore as restore_module
 from pgvault.cluster import Cluster, free_port
 from pgvault.connection import Conn, connect
 from tests.conftest import (
@@ -608,6 +610,77 @@ def test_an_interrupted_restore_leaves_the_target_as_it_was(how, big_set, busy_d
     assert diff(before, full_fingerprint(busy_db)) == []
 
 
+def test_a_restore_killed_while_creating_leaves_no_database(big_set, other_cluster):
+    """kill -9 mid-load with create_database=true: the name asked for never appears, and
+    the next restore clears what the killed one left and completes."""
+    name = f"created_{uuid.uuid4().hex[:10]}"
+    target = other_cluster.conn(name)
+    args = [f"restore.target={name}", "restore.create_database=true"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgvault", "restore", f"dir={big_set.directory}",
+         f"prefix={big_set.prefix}", "yes=true", *args],
+        env=pgvault_env(other_cluster.conn()), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    partial = restore_module.partial_name(name)
+    try:
+        _wait_for_copy(other_cluster, partial, proc, 8 << 20)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    _wait_until_gone(other_cluster, partial)
+    assert not database_exists(other_cluster, name)
+
+    res = restore(other_cluster.conn(), big_set.directory, big_set.prefix, "yes=true", *args)
+    assert res.returncode == 0, res.stderr
+    try:
+        assert database_exists(other_cluster, name)
+        assert not database_exists(other_cluster, partial)
+        with connect(target) as pg:
+            assert pg.execute("SELECT count(*) FROM ledger").fetchone() == (900000,)
+            comment = pg.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+                " WHERE datname = current_database()"
+            ).fetchone()
+        assert comment == (None,)
+    finally:
+        drop_database(other_cluster, name)
+
+
+def test_a_database_named_like_the_partial_one_is_left_alone(feature_set, other_cluster):
+    name = f"created_{uuid.uuid4().hex[:10]}"
+    partial = restore_module.partial_name(name)
+    run_sql(other_cluster.conn(), f'CREATE DATABASE "{partial}"')
+    try:
+        res = restore(
+            other_cluster.conn(), feature_set.directory, feature_set.prefix, "yes=true",
+            f"restore.target={name}", "restore.create_database=true",
+        )  # fmt: skip
+        assert "is not pgvault's" in one_line_error(res)
+        assert database_exists(other_cluster, partial)
+        assert not database_exists(other_cluster, name)
+    finally:
+        drop_database(other_cluster, partial)
+
+
+@pytest.mark.parametrize("name", ['say "hi"', "semi;colon ' quote", "ü" * 25 + '"x'])
+def test_create_database_takes_any_name(feature_set, other_cluster, name):
+    res = restore(
+        other_cluster.conn(), feature_set.directory, feature_set.prefix, "yes=true",
+        f"restore.target='{name}'" if "'" not in name else f'restore.target="{name}"',
+        "restore.create_database=true",
+    )  # fmt: skip
+    try:
+        assert res.returncode == 0, res.stderr
+        assert database_exists(other_cluster, name)
+        assert diff(feature_set.fingerprint, full_fingerprint(other_cluster.conn().with_dbname(name))) == []
+    finally:
+        with connect(other_cluster.conn(), autocommit=True) as pg:
+            pg.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
 # --- refusals change nothing -----------------------------------------------------------
 
 
@@ -665,6 +738,8 @@ def test_a_no_on_the_terminal_cancels(feature_set, watched):
     ("args", "expected"),
     [
         (["env=prod"], "restores are not allowed in env 'prod'"),
+        # Picking another policy does not lift the env's lock; only restore.allowed does.
+        (["env=prod", "restore=default"], "restores are not allowed in env 'prod'"),
         (["env=prod", "restore.allowed=true"], "restore.confirm=always"),
         (["restore.confirm=always"], "restore.confirm=always"),
     ],

@@ -42,13 +42,14 @@ def test_argv_is_pinned_and_password_free():
     assert "hunter2" not in conn.conninfo
     argv = [
         *clients.pg_dumpall_roles_args(conn.conninfo),
-        *clients.pg_dump_schema_args(conn.conninfo, "00000003-1", "pre-data"),
-        *clients.pg_dump_data_args(conn.conninfo, "00000003-1"),
+        *clients.pg_dump_schema_args(conn.conninfo, "00000003-1", "pre-data", 1000),
+        *clients.pg_dump_data_args(conn.conninfo, "00000003-1", 1000),
     ]
     assert not any("hunter2" in a for a in argv)
-    assert clients.pg_dump_data_args("dbname=crm", "S") == [
+    assert clients.pg_dump_data_args("dbname=crm", "S", 120000) == [
         "--data-only",
         "--snapshot=S",
+        "--lock-wait-timeout=120000",
         "--no-password",
         "--dbname=dbname=crm",
     ]

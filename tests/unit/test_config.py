@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pgvault import config
 from pgvault.cli import hydra_error_line, packaged_conf_dir
 from pgvault.config import Compression, Confirm, PgvaultConfig, RetentionConfig, to_typed
+from pgvault.errors import ConfigError
 
 SCHEMA = OmegaConf.structured(PgvaultConfig)
 _HINTS = typing.get_type_hints(PgvaultConfig)
@@ -35,6 +36,11 @@ def composed():
         out["default"] = compose("config")
         out["prod"] = compose("config", overrides=["env=prod"])
         out["prod_allowed"] = compose("config", overrides=["env=prod", "restore.allowed=true"])
+        for policy in ("default", "locked"):
+            out[f"prod_{policy}"] = compose("config", overrides=["env=prod", f"restore={policy}"])
+        out["prod_default_allowed"] = compose(
+            "config", overrides=["env=prod", "restore=default", "restore.allowed=true"]
+        )
         out["supabase"] = compose("config", overrides=["target=supabase_local"])
     return out
 
@@ -97,6 +103,50 @@ def test_prod_overrides_only_what_differs(composed):
     assert prod.backup.compression is Compression.zstd
     assert prod.target.name == "local"  # not overridden by the overlay
     assert to_typed(composed["prod_allowed"]).restore.allowed is True
+
+
+def test_only_restore_allowed_lifts_the_envs_lock(composed):
+    """Choosing another restore policy under env=prod keeps restores locked."""
+    for name in ("prod_default", "prod_locked"):
+        assert to_typed(composed[name]).restore.allowed is False, name
+        assert to_typed(composed[name]).restore.confirm is Confirm.always, name
+    assert to_typed(composed["prod_default_allowed"]).restore.allowed is True
+
+
+_NUMERIC = ["retention.days", *(f"retention.keep_{r}" for r in
+            ("last", "daily", "weekly", "monthly", "yearly"))]  # fmt: skip
+_WAITS = ["lock_timeout", "backup.table_lock_timeout", "restore.table_lock_timeout"]
+
+
+def _with(key: str, value: object) -> PgvaultConfig:
+    cfg = PgvaultConfig()
+    node: object = cfg
+    *path, last = key.split(".")
+    for part in path:
+        node = getattr(node, part)
+    setattr(node, last, value)
+    return cfg
+
+
+@given(st.sampled_from(_NUMERIC), st.integers(-(10**12), 10**12))
+def test_counts_out_of_range_are_refused_up_front(key, value):
+    cfg = _with(key, value)
+    if 0 <= value <= (config.MAX_DAYS if key == "retention.days" else config.MAX_COUNT):
+        config.validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            config.validate(cfg)
+
+
+@given(st.sampled_from(_WAITS), st.floats(allow_nan=True, allow_infinity=True))
+def test_waits_must_be_finite_and_in_range(key, seconds):
+    cfg = _with(key, seconds)
+    least = 0.0 if key == "lock_timeout" else 1.0
+    if least <= seconds <= config.MAX_WAIT:
+        config.validate(cfg)
+    else:  # nan and inf among them: nan would wait forever
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            config.validate(cfg)
 
 
 def test_supabase_target(composed):

@@ -1,0 +1,64 @@
+"""Out-of-range values are refused before anything runs, and a table another session
+holds locked makes a backup give up after table_lock_timeout, naming the table."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from pgvault.connection import connect
+from tests.conftest import one_line_error, pgvault_env, run_pgvault, run_sql
+
+
+@pytest.mark.parametrize(
+    ("arg", "key"),
+    [
+        ("retention.days=1000000000", "retention.days"),
+        ("retention.keep_daily=-1", "retention.keep_daily"),
+        ("lock_timeout=nan", "lock_timeout"),
+        ("lock_timeout=inf", "lock_timeout"),
+        ("backup.table_lock_timeout=0", "backup.table_lock_timeout"),
+    ],
+)
+def test_out_of_range_values_are_refused_before_anything(empty_db, tmp_path: Path, arg, key):
+    directory = tmp_path / "bk"
+    res = run_pgvault("backup", f"dir={directory}", arg, env=pgvault_env(empty_db), timeout=60)
+    line = one_line_error(res)
+    assert res.returncode == 2
+    assert key in line
+    assert not directory.exists()  # nothing written, not even the directory
+
+
+def test_a_locked_table_makes_the_backup_give_up_and_name_it(empty_db, tmp_path: Path):
+    run_sql(empty_db, "CREATE TABLE busy (id int); CREATE TABLE calm (id int)")
+    directory = tmp_path / "bk"
+    env = pgvault_env(empty_db)
+    release = threading.Event()
+    locked = threading.Event()
+
+    def hold() -> None:
+        with connect(empty_db) as pg:
+            pg.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(120)
+            pg.rollback()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        res = run_pgvault(
+            "backup", f"dir={directory}", "backup.table_lock_timeout=2", env=env, timeout=120
+        )
+    finally:
+        release.set()
+        holder.join()
+    line = one_line_error(res)
+    assert "public.busy" in line and "locked by another session" in line
+    assert "backup.table_lock_timeout" in line
+    assert not list(directory.glob("backup-*"))  # no set, not even a partial one
+    # The directory's lock went with the run: the next backup goes through.
+    res = run_pgvault("backup", f"dir={directory}", "quiet=true", env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
