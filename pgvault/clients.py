@@ -142,9 +142,7 @@ def pg_dumpall_roles_args(conninfo: str, *, passwords: bool = True) -> list[str]
     return ["--roles-only", *extra, "--no-password", f"--dbname={conninfo}"]
 
 
-def pg_dump_schema_args(
-    conninfo: str, snapshot: str, section: str, lock_wait_ms: int
-) -> list[str]:
+def pg_dump_schema_args(conninfo: str, snapshot: str, section: str, lock_wait_ms: int) -> list[str]:
     """pre-data or post-data: the schema file holds both, in that order, so a restore
     can load definitions, then data, then indexes, constraints and triggers. Large
     objects (-B here) travel whole in the data file, as with --schema-only. A table

@@ -199,9 +199,9 @@ class RolesRewriter:
         out = bytearray()
         i = 0
         while i < len(data):
-            if len(data) - i < len(_CREATE_WORDS) and not final:
-                if _CREATE_WORDS.startswith(data[i:]):
-                    break  # maybe a CREATE ROLE whose rest comes next
+            rest = data[i : i + len(_CREATE_WORDS)]
+            if not final and len(rest) < len(_CREATE_WORDS) and _CREATE_WORDS.startswith(rest):
+                break  # maybe a CREATE ROLE whose rest comes next
             end = _line_end(data, i, final)
             if end is None:
                 break
@@ -211,11 +211,9 @@ class RolesRewriter:
                 out += line
             else:
                 tag = _dollar_tag(m[1])
-                out += (
-                    b"DO " + tag + b" BEGIN CREATE ROLE " + m[1] + b"; "
-                    b"EXCEPTION WHEN duplicate_object THEN NULL; END " + tag + b";"
-                    + (b"\n" if line.endswith(b"\n") else b"")
-                )
+                body = b" BEGIN CREATE ROLE " + m[1] + b"; EXCEPTION WHEN duplicate_object"
+                out += b"DO " + tag + body + b" THEN NULL; END " + tag + b";"
+                out += b"\n" if line.endswith(b"\n") else b""
             i = end
         self._carry = data[i:]
         return bytes(out)
