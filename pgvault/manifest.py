@@ -7,8 +7,11 @@ among them).
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -222,9 +225,48 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# A manifest lists every table (~200 bytes each): far below this even for 100,000 tables.
+MAX_BYTES = 64 << 20
+# What reading and parsing a hostile or damaged file can raise (ValidationError and
+# UnicodeError are ValueErrors; `[` * 100000 is a RecursionError).
+_UNREADABLE = (OSError, ValueError, RecursionError, MemoryError)
+
+
 def _load_json(path: Path) -> Any:
     # NaN and Infinity are Python's extension, not JSON: a record would not write back.
-    return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    return json.loads(_read_small(path).decode("utf-8"), parse_constant=_no_constant)
+
+
+def _read_small(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_BYTES, read without following a symlink
+    (and without blocking on a fifo planted at the name)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("it is not a regular file")
+        if st.st_size > MAX_BYTES:
+            raise ValueError(f"it is {st.st_size} bytes, over the limit of {MAX_BYTES}")
+        chunks, left = [], MAX_BYTES + 1  # it may grow while we read
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise ValueError(f"it is over the limit of {MAX_BYTES} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _why(e: BaseException) -> str:
+    """Why a file could not be read, in a few words."""
+    if isinstance(e, OSError):
+        return "it is a symbolic link" if e.errno == errno.ELOOP else str(e.strerror or e)
+    if isinstance(e, RecursionError):
+        return "it is nested too deeply"
+    if isinstance(e, MemoryError):
+        return "it does not fit in memory"
+    return _one_line(str(e))
 
 
 def _one_line(text: str) -> str:
@@ -245,8 +287,8 @@ def read_manifest(path: Path) -> Manifest:
     for the set its file name says (so nothing downstream trips over an odd field)."""
     try:
         data = _load_json(path)
-    except (OSError, ValueError, RecursionError) as e:
-        raise IntegrityError(f"manifest {path.name} is unreadable: {_one_line(str(e))}") from None
+    except _UNREADABLE as e:
+        raise IntegrityError(f"manifest {path.name} is unreadable: {_why(e)}") from None
     if not isinstance(data, dict) or type(data.get("format")) is not int or data["format"] < 1:
         raise IntegrityError(f"manifest {path.name} is not a pgvault manifest")
     if data["format"] > FORMAT:
@@ -258,6 +300,8 @@ def read_manifest(path: Path) -> Manifest:
         manifest = Manifest.model_validate(data)
     except ValidationError as e:
         raise IntegrityError(f"manifest {path.name} is not valid: {_summary(e)}") from None
+    except (RecursionError, MemoryError) as e:
+        raise IntegrityError(f"manifest {path.name} is not valid: {_why(e)}") from None
     prefix = path.name.removesuffix("-manifest.json")
     if manifest.prefix != prefix:
         raise IntegrityError(
@@ -271,7 +315,7 @@ def read_verify_record(path: Path) -> VerifyRecord | None:
     verdict can be trusted from it, and listing must not fail because of it)."""
     try:
         return VerifyRecord.model_validate(_load_json(path))
-    except (OSError, ValueError, RecursionError):  # ValidationError is a ValueError
+    except _UNREADABLE:
         return None
 
 

@@ -9,15 +9,18 @@ re-exported from there for the modules that use them by this name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
+from pgvault import store
 from pgvault.errors import ClientProgramError
 from pgvault.execute import DEVNULL, PIPE, widen
 from pgvault.execute import Stage as Stage
@@ -116,11 +119,13 @@ class _Sink:
         try:
             self.comp.proc.stdin.write(chunk)
         except BrokenPipeError:
-            # The pump thread records its error before it kills the compressor: a full
-            # disk says "File too large", not "zstd killed by signal 9".
+            # The compressor is gone, so its output ends and the pump thread with it. Wait
+            # for the pump before judging: a write error it met (a full disk; it killed the
+            # compressor because of it) is the cause, whichever of the two we saw first.
+            self.thread.join()
             if self.errors:
                 raise self.errors[0] from None
-            self.comp.check()  # the compressor died: its exit status says why
+            self.comp.check()  # the compressor died by itself: its exit status says why
             raise
 
     def finish(self) -> None:
@@ -158,13 +163,14 @@ def stream_to_file(
     trailer: bytes = b"",
 ) -> FileStats:
     """Run each argv in sources, one after another, streaming their stdout into a new
-    file dest (mode 0600).
+    file dest (mode 0600; a `.partial` a killed run left there is replaced, anything else
+    there is an error, and a symlink is never followed).
 
     Each chunk goes through transform, to the observers, then (optionally) through a
     compressor; prologue comes first and trailer last. The sha256 and size are of the bytes
     written to dest. On failure every stage is killed, dest removed, and the error raised.
     """
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = store.create_new(dest)
     try:
         with stages() as running:
             comp = None
@@ -224,7 +230,7 @@ def file_chunks(
             yield chunk
         stage.check()
         return
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         f.seek(start)
         left = None if stop is None else stop - start
         while left is None or left > 0:
@@ -234,6 +240,20 @@ def file_chunks(
             if left is not None:
                 left -= len(chunk)
             yield chunk
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a set's file for reading: never through a symlink, and only a regular file
+    (a fifo planted there would block the read forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def stream_into(

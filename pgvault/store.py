@@ -12,6 +12,8 @@ import errno
 import fcntl
 import json
 import os
+import re
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -23,6 +25,9 @@ from pgvault import naming
 from pgvault.errors import LockBusy, PgvaultError
 
 LOCK_NAME = ".pgvault.lock"
+# How every file in a backup directory is opened: a symlink planted at one of our names is
+# an error, never followed (a root pgvault would write or read its target).
+_NEVER_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Store(Protocol):
@@ -72,7 +77,12 @@ class LocalStore:
         write_json_atomic(self.directory / name, data)
 
     def sync(self) -> None:
-        fsync_dir(self.directory)
+        try:
+            fsync_dir(self.directory)
+        except OSError as e:
+            raise PgvaultError(
+                f"cannot sync {self.directory}: {e.strerror}", "check the disk and run again"
+            ) from None
 
     def lock(self, *, timeout: float = 0.0, what: str = "backup") -> AbstractContextManager[None]:
         return locked(self.directory, timeout=timeout, what=what)
@@ -81,16 +91,31 @@ class LocalStore:
         return is_locked(self.directory)
 
 
+def create_new(path: Path) -> int:
+    """Create the file path for writing (mode 0600) and return its descriptor.
+
+    Nothing already at the name is ever opened: O_EXCL with O_NOFOLLOW refuses a planted
+    symlink instead of writing through it (we may run as root). A `.partial` name holds
+    only what a killed run left, so whatever is there is removed first (unlink removes a
+    symlink itself, never its target): call it only while holding the directory's lock."""
+    if path.name.endswith(naming.PARTIAL_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NEVER_FOLLOW, 0o600)
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to path via a temporary file, fsync and rename: all or nothing."""
+    """Write JSON to path via a new temporary file, fsync and rename: all or nothing.
+    OSError when the disk refuses (callers say which write it was)."""
     tmp = path.with_name(path.name + naming.PARTIAL_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = create_new(tmp)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        # rename() replaces whatever is at path, a symlink included, and never follows it.
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -100,7 +125,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -116,51 +141,98 @@ _HELD: set[Path] = set()
 def locked(directory: Path, *, timeout: float = 0.0, what: str = "backup") -> Iterator[None]:
     """Hold the directory's exclusive lock (one writer at a time), waiting up to timeout.
 
-    Re-entrant within one process."""
+    Re-entrant within one process. Only the holder writes the lock file (its own line,
+    right after taking the lock) and empties it on release, so a waiter reads the holder."""
     key = directory.resolve()
     if key in _HELD:
         yield
         return
-    path = directory / LOCK_NAME
+    fd = _open_lock(directory, what)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise PgvaultError(
-            f"cannot lock {directory}: {e.strerror}",
-            f"a {what} needs write access to the backup directory",
-        ) from None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = _read_holder(fd)
-                    raise LockBusy(
-                        f"another pgvault {holder or 'run'} is using {directory}",
-                        "wait for it to finish, or pass lock_timeout=SECONDS to wait",
-                    ) from None
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{what} pid {os.getpid()}\n".encode(), 0)
+        _acquire(fd, directory, timeout)
+        # Best effort: on a full disk the lock holds all the same (prune is how one frees
+        # space); a waiter then names no holder.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{what} pid {os.getpid()}\n".encode(), 0)
         _HELD.add(key)
         try:
             yield
         finally:
             _HELD.discard(key)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)
+
+
+def _open_lock(directory: Path, what: str) -> int:
+    """Open the directory's lock file, creating it if need be. It lasts between runs, so
+    anything could have been put at its name: only a regular file with no other link is
+    used; a symlink, fifo, device or hard link to another file is refused, never opened
+    for writing."""
+    path = directory / LOCK_NAME
+    refused = f"remove it: pgvault makes its own {LOCK_NAME}"
+    with contextlib.suppress(FileNotFoundError):
+        if why := _not_plain(os.lstat(path)):
+            raise PgvaultError(f"cannot lock {directory}: {path} {why}", refused)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | _NEVER_FOLLOW, 0o600)
+    except OSError as e:
+        why = "is a symbolic link" if e.errno == errno.ELOOP else None
+        if why:  # put there since the lstat above
+            raise PgvaultError(f"cannot lock {directory}: {path} {why}", refused) from None
+        raise PgvaultError(f"cannot lock {directory}: {e.strerror}", _hint(e, what)) from None
+    if why := _not_plain(os.fstat(fd)):
+        os.close(fd)
+        raise PgvaultError(f"cannot lock {directory}: {path} {why}", refused)
+    return fd
+
+
+def _not_plain(st: os.stat_result) -> str | None:
+    """Why a lock file so described must not be used, or None when it may."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_nlink != 1:
+        return "has other hard links"
+    return None
+
+
+def _hint(e: OSError, what: str) -> str:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space on its file system"
+    return f"a {what} needs write access to the backup directory"
+
+
+def _acquire(fd: int, directory: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise PgvaultError(
+                    f"cannot lock {directory}: {e.strerror}",
+                    "put the backup directory on a file system that supports flock()",
+                ) from None
+        if time.monotonic() >= deadline:
+            raise LockBusy(
+                f"another pgvault {_holder(fd)} is using {directory}",
+                "wait for it to finish, or pass lock_timeout=SECONDS to wait",
+            )
+        time.sleep(0.2)
 
 
 def is_locked(directory: Path) -> bool:
     """True while some pgvault process holds the directory's lock."""
     path = directory / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if _not_plain(os.lstat(path)):
+            return False  # no pgvault run can hold a lock through it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NEVER_FOLLOW)
     except OSError:
         return False
     try:
@@ -172,8 +244,34 @@ def is_locked(directory: Path) -> bool:
     return False
 
 
-def _read_holder(fd: int) -> str:
+_HOLDER_RE = re.compile(r"[a-z]+ pid ([0-9]{1,7})")
+
+
+def _holder(fd: int) -> str:
+    """What holds the lock, as its line in the lock file says ("backup pid 123"), else
+    "run". The line is believed only while its pid lives: a new holder may not have
+    written its own yet (it is read again for a moment), or the last one was killed."""
+    for _ in range(20):
+        try:
+            text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            return "run"
+        m = _HOLDER_RE.fullmatch(text)
+        if m and _alive(int(m[1])):
+            return text
+        time.sleep(0.05)
+    return "run"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False  # kill(0) would ask about our own process group
     try:
-        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OverflowError:
+        return False
+    return True
