@@ -90,7 +90,8 @@ def remove_stale_partials(directory: Path) -> list[Path]:
     removed = []
     for p in directory.iterdir():
         parsed = naming.parse_file_name(p.name)
-        if parsed is not None and parsed.partial and p.is_file() and not p.is_symlink():
+        # A planted symlink goes too: unlink removes the link, never what it points at.
+        if parsed is not None and parsed.partial and (p.is_symlink() or p.is_file()):
             p.unlink()
             removed.append(p)
     return removed

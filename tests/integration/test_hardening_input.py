@@ -62,3 +62,18 @@ def test_a_locked_table_makes_the_backup_give_up_and_name_it(empty_db, tmp_path:
     # The directory's lock went with the run: the next backup goes through.
     res = run_pgvault("backup", f"dir={directory}", "quiet=true", env=env, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_a_backup_removes_planted_partial_links_and_never_their_targets(empty_db, tmp_path):
+    """A stale or planted `*.partial` of pgvault's naming goes, a symlink as a link: the
+    file it points at is untouched."""
+    directory = tmp_path / "bk"
+    directory.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    link = directory / "backup-2020-01-01-000000-data.sql.partial"
+    link.symlink_to(victim)
+    res = run_pgvault("backup", f"dir={directory}", "quiet=true", env=pgvault_env(empty_db))
+    assert res.returncode == 0, res.stderr
+    assert not link.is_symlink() and not link.exists()
+    assert victim.read_text() == "keep me"
