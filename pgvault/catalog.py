@@ -6,13 +6,16 @@ manifest is written last, atomically, so no crash can leave a set that looks com
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pgvault import naming
+from pgvault import naming, sources
 from pgvault.errors import ConfigError, IntegrityError, NotFound, PgvaultError
 from pgvault.manifest import Manifest, VerifyRecord, read_manifest, read_verify_record
 
@@ -23,6 +26,9 @@ from pgvault.store import fsync_dir as fsync_dir
 from pgvault.store import is_locked as is_locked
 from pgvault.store import locked as locked
 from pgvault.store import write_json_atomic as write_json_atomic
+
+if TYPE_CHECKING:
+    from pgvault.config import TargetConfig
 
 LATEST = "latest"
 
@@ -39,6 +45,7 @@ def backup_dir(value: str | None, *, create: bool) -> Path:
         raise ConfigError(
             f"dir must be an absolute path, got '{value}'", f"use dir={Path(value).absolute()}"
         )
+    refuse_system_dir(path, f"dir={value}")
     try:
         exists = path.exists()
     except OSError as e:  # EACCES on a parent: Path.exists() raises it
@@ -64,6 +71,43 @@ def backup_dir(value: str | None, *, create: bool) -> Path:
                 f"{path} is not writable: {e.strerror}", "fix its permissions or pick another dir"
             ) from None
     return path
+
+
+# Where pgvault must never write its sets and lock, nor prune: the root and the system's
+# own directories (exactly these), and anything at all under the kernel's pseudo-filesystems.
+SYSTEM_DIRS = frozenset(
+    ["/", "/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/run", "/sbin",
+     "/usr", "/usr/bin", "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/sbin", "/var",
+     "/var/lib", "/var/lock", "/var/run"]
+)  # fmt: skip
+PSEUDO_FS = ("/dev", "/proc", "/sys")
+
+
+def system_dir(path: Path) -> str | None:
+    """What system directory path is or is in (as written or after its symlinks):
+    "the filesystem root", "the system directory /etc", "inside /dev"; else None."""
+    seen = [os.path.normpath(path)]
+    with contextlib.suppress(OSError, RuntimeError):  # a loop: then only the text counts
+        seen.append(str(path.resolve()))
+    for text in seen:
+        text = "/" if text == "//" else text  # POSIX keeps a leading "//" apart
+        if text == "/":
+            return "the filesystem root"
+        if text in SYSTEM_DIRS or text in PSEUDO_FS:
+            return f"the system directory {text}"
+        for top in PSEUDO_FS:
+            if text.startswith(top + "/"):
+                return f"inside {top}"
+    return None
+
+
+def refuse_system_dir(path: Path, what: str) -> None:
+    """ConfigError when path is the filesystem root or a system directory."""
+    found = system_dir(path)
+    if found is not None:
+        raise ConfigError(
+            f"{what} is {found}", "point it at a directory of its own, such as /var/backups/pgvault"
+        )
 
 
 STATUSES = ("complete", "incomplete", "damaged", "in progress")
@@ -161,6 +205,18 @@ class BackupSet:
     def all_paths(self) -> list[Path]:
         return [*self.files.values(), *self.partial]
 
+    @property
+    def source(self) -> sources.Source | None:
+        """The database the set came from; None when it cannot be told (no manifest)."""
+        return sources.of_manifest(self.manifest)
+
+
+def in_progress(bset: BackupSet, *, locked: bool, newest: bool) -> bool:
+    """Whether a set may be one a running backup is writing: while the directory is
+    locked, one with .partial files, or the newest set without a manifest (a backup
+    writes .partial files, renames them, then writes the manifest)."""
+    return locked and bool(bset.partial or (newest and bset.manifest is None))
+
 
 def scan(where: Path | Store) -> list[BackupSet]:
     """Every set in a directory (or store), newest first. Files pgvault did not write
@@ -243,14 +299,38 @@ def _sha256(path: Path) -> str:
 # -- Finding a set -------------------------------------------------------------------
 
 
-def newest(sets: list[BackupSet], *, regular: bool = True) -> BackupSet | None:
-    """The newest complete set (of sets, newest first); regular: not a safety backup."""
-    return next((s for s in sets if s.complete and (s.kind == "regular" or not regular)), None)
+def latest(sets: list[BackupSet], directory: Path, target: TargetConfig | None) -> BackupSet:
+    """The set "latest" means (of sets, newest first): the newest complete regular set of
+    the configured target's source when the directory has one; else the newest, but only
+    while the sets name one source at most. Taking another database's set because it is
+    newer would restore the wrong data, so more sources and no match is refused."""
+    want = sources.of_target(target) if target is not None else None
+    candidates = [s for s in sets if s.complete and s.kind == "regular"]
+    if want is not None:
+        mine = next((s for s in candidates if s.source == want), None)
+        if mine is not None:
+            return mine
+    if not candidates:
+        raise NotFound(f"no complete backup set in {directory}", "run `pgvault backup` first")
+    found = sorted({src for s in candidates if (src := s.source) and src.known})
+    if len(found) > 1:
+        names = ", ".join(src.label for src in found[:3]) + (", ..." if len(found) > 3 else "")
+        theirs = f"the configured target ({want.label})" if want else "the configured target"
+        raise ConfigError(
+            f"'latest' is ambiguous: {directory} holds sets of {len(found)} databases "
+            f"({names}) and {theirs} is none of them",
+            "pass target= the database whose set you mean, or prefix=backup-YYYY-MM-DD-HHMMSS "
+            "(`pgvault list` shows each set's source)",
+        )
+    return candidates[0]
 
 
-def resolve_prefix(prefix: str | None, dir_value: str | None) -> tuple[Path, str]:
-    """Given prefix= (short, "latest", or an absolute path ending in a prefix) and dir=,
-    return the set's directory and prefix. Rejects anything that is not a pgvault name."""
+def resolve_prefix(
+    prefix: str | None, dir_value: str | None, target: TargetConfig | None = None
+) -> tuple[Path, str]:
+    """Given prefix= (short, "latest", or an absolute path ending in a prefix), dir= and
+    the configured target (whose source "latest" means), return the set's directory and
+    prefix. Rejects anything that is not a pgvault name."""
     if not prefix:
         raise ConfigError(
             "no backup set given",
@@ -261,13 +341,11 @@ def resolve_prefix(prefix: str | None, dir_value: str | None) -> tuple[Path, str
         directory, name = path.parent, path.name
         if ".." in path.parts:
             raise ConfigError(f"prefix '{prefix}' contains '..'", "give the set's real path")
+        refuse_system_dir(directory, f"the directory of prefix={prefix}")
     else:
         directory, name = backup_dir(dir_value, create=False), prefix
     if name == LATEST:
-        found = newest(scan(directory))
-        if found is None:
-            raise NotFound(f"no complete backup set in {directory}", "run `pgvault backup` first")
-        return directory, found.prefix
+        return directory, latest(scan(directory), directory, target).prefix
     if not naming.is_prefix(name):
         raise ConfigError(
             f"'{name}' is not a backup set name",

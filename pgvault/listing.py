@@ -32,9 +32,7 @@ def assess(bset: BackupSet, *, check: bool, locked: bool, newest: bool) -> Backu
     if bset.complete:
         problem = retention.damage(bset, check=check)
         status = "damaged" if problem else "complete"
-    elif locked and (bset.partial or (newest and bset.manifest is None)):
-        # A running backup writes .partial files, renames them, then writes the
-        # manifest; in between, its set is the newest one and has no manifest yet.
+    elif catalog.in_progress(bset, locked=locked, newest=newest):
         status = "in progress"
     elif bset.manifest_error is not None and bset.files["manifest"].exists():
         status, problem = "damaged", bset.manifest_error

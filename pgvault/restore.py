@@ -60,7 +60,7 @@ def plan_restore(cfg: PgvaultConfig, env_name: str) -> RestorePlan:
             f"restores are not allowed in env '{env_name}'",
             "pass restore.allowed=true if you really mean to restore here",
         )
-    directory, prefix = catalog.resolve_prefix(opts.prefix, cfg.dir)
+    directory, prefix = catalog.resolve_prefix(opts.prefix, cfg.dir, cfg.target)
     bset = catalog.find_set(directory, prefix)
     problems = file_problems(bset)
     if problems and not opts.force:

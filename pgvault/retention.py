@@ -1,10 +1,17 @@
 """Which sets to keep and which to delete, and why; then deleting them safely.
 
+Retention holds per source database (sources.Source, from each set's manifest): a
+directory may hold the sets of several databases (a --multirun over targets), and one
+database's sets must never count against another's. decide_by_source() applies decide()
+to each source's sets apart; a backup's retention (protect=) touches only the sets of the
+source it just wrote, never another's nor one whose source cannot be told.
+
 decide() is pure. Its promises, whatever the sets, the clock and the policy:
 - the newest complete set is kept, and so is the newest complete set that is neither
   damaged nor dated in the future, and the newest complete set a verify passed;
 - a set that is incomplete, damaged or unparseable is never deleted: it is kept and
-  flagged, so the caller reports it;
+  flagged, so the caller reports it (unless it is a stale incomplete set and the caller
+  asked for those to go: prune incomplete=true);
 - a set dated in the future (the clock is behind) is kept, and rules are computed
   without it, so a clock set back cannot make a current set look surplus;
 - a policy that keeps more in every field keeps a superset (monotonicity).
@@ -15,16 +22,18 @@ interrupted prune leaves a set that reads as incomplete, never one that looks co
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from pgvault import catalog, naming
+from pgvault import catalog, naming, sources
 from pgvault.config import RetentionConfig
 from pgvault.errors import ConfigError, PgvaultError
 from pgvault.store import LocalStore, Store
 
 VERDICTS = ("verified", "failed")
+# prune incomplete=true: how old a set without a manifest must be, by name and by mtime.
+STALE_AFTER = timedelta(days=1)
 
 # keep_* rule -> the UTC bucket a time falls in (restic's buckets; weeks are ISO weeks).
 BUCKETS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
@@ -44,6 +53,7 @@ class Decision:
     keep: bool
     reason: str
     flagged: bool = False
+    source: str = ""  # sources.label of the set's source (decide_by_source)
 
 
 @dataclass
@@ -54,6 +64,10 @@ class PruneResult:
     deleted_sets: list[str] = field(default_factory=list)
     deleted_files: int = 0
     dry_run: bool = False
+    # A backup's retention: the label of the one source it pruned.
+    scope: str | None = None
+    # Of deleted_sets, the stale incomplete ones (incomplete=true).
+    deleted_incomplete: list[str] = field(default_factory=list)
 
 
 def check_policy(policy: RetentionConfig) -> None:
@@ -124,11 +138,13 @@ def decide(
     *,
     damaged: Mapping[str, str] | None = None,
     verified: Collection[str] = (),
+    stale: Mapping[str, str] | None = None,
 ) -> list[Decision]:
-    """Given a directory's sets, a policy, the time, the prefix just written (protect),
-    what is damaged (prefix -> why) and which prefixes a verify passed, return one
-    decision per set, newest first. Reads nothing but its arguments."""
-    damaged = damaged or {}
+    """Given one source's sets, a policy, the time, the prefix just written (protect),
+    what is damaged (prefix -> why), which prefixes a verify passed and which incomplete
+    sets are to go (stale: prefix -> why), return one decision per set, newest first.
+    Reads nothing but its arguments."""
+    damaged, stale = damaged or {}, stale or {}
     ordered = sorted(sets, key=lambda s: s.prefix, reverse=True)
     complete = [s for s in ordered if s.complete]
     # The sets the rules count: complete, intact, and not from the future. Every other
@@ -155,6 +171,8 @@ def decide(
         flag = _flag(s, damaged)
         if s.prefix == protect:
             out.append(Decision(s.prefix, True, ", ".join(["just written", *why])))
+        elif flag is not None and s.prefix in stale and _leftover(s):
+            out.append(Decision(s.prefix, False, f"{flag}, {stale[s.prefix]}"))
         elif flag is not None:
             out.append(Decision(s.prefix, True, f"{flag}: left for you to check", flagged=True))
         elif s.time is not None and s.time > now:
@@ -164,6 +182,84 @@ def decide(
         else:
             out.append(Decision(s.prefix, False, _why_not(policy)))
     return out
+
+
+def decide_by_source(
+    sets: list[catalog.BackupSet],
+    policy: RetentionConfig,
+    now: datetime,
+    protect: str | None = None,
+    *,
+    damaged: Mapping[str, str] | None = None,
+    verified: Collection[str] = (),
+    stale: Mapping[str, str] | None = None,
+) -> list[Decision]:
+    """decide() for each source's sets apart (sets without a readable manifest form a
+    group of their own), so every source keeps its newest complete, intact and verified
+    set. With protect (a backup's retention), only the sets of the source of the set just
+    written are decided; every other set is left alone. One decision per set, newest
+    first, each naming its source."""
+    groups: dict[sources.Source | None, list[catalog.BackupSet]] = {}
+    for s in sets:
+        groups.setdefault(s.source, []).append(s)
+    just = next((s for s in sets if s.prefix == protect), None)
+    scope = just.source if just is not None else None
+    out: list[Decision] = []
+    for source, group in groups.items():
+        if protect is not None and (source is None or not source.known or source != scope):
+            decided = [_left_alone(s, damaged or {}, protect) for s in group]
+        else:
+            decided = decide(
+                group, policy, now, protect, damaged=damaged, verified=verified, stale=stale
+            )
+        out += [replace(d, source=sources.label(source)) for d in decided]
+    return sorted(out, key=lambda d: d.prefix, reverse=True)
+
+
+def _left_alone(s: catalog.BackupSet, damaged: Mapping[str, str], protect: str) -> Decision:
+    """A backup's retention on a set of another source: kept, and flagged as ever when
+    something is wrong with it."""
+    if s.prefix == protect:  # only when the new set's own source cannot be told
+        return Decision(s.prefix, True, "just written")
+    flag = _flag(s, damaged)
+    if flag is not None:
+        return Decision(s.prefix, True, f"{flag}: left for you to check", flagged=True)
+    return Decision(s.prefix, True, "another source's set: pruned with its own backups")
+
+
+def stale_incomplete(
+    sets: list[catalog.BackupSet], now: datetime, *, locked: bool
+) -> dict[str, str]:
+    """The incomplete sets prune incomplete=true deletes (prefix -> why): no manifest at
+    all (a backup killed before it, or a prune interrupted), dated more than a day ago by
+    the name and by every file's mtime. Never one that may be in progress (locked: a
+    pgvault process holds the directory), nor one beside a second data file (the user's
+    copy, see catalog.scan), nor one whose manifest is there but unreadable (damaged)."""
+    out = {}
+    for i, s in enumerate(sorted(sets, key=lambda s: s.prefix, reverse=True)):
+        paths, when = s.all_paths(), s.time
+        if (
+            when is None
+            or not _leftover(s)
+            or s.extras
+            or not paths
+            or now - when < STALE_AFTER
+            or catalog.in_progress(s, locked=locked, newest=i == 0)
+        ):
+            continue
+        try:
+            touched = max(p.lstat().st_mtime for p in paths)
+        except OSError:  # gone or unreadable meanwhile: leave it for the next prune
+            continue
+        if now.timestamp() - touched >= STALE_AFTER.total_seconds():
+            out[s.prefix] = "untouched for over a day: deleted by incomplete=true"
+    return out
+
+
+def _leftover(s: catalog.BackupSet) -> bool:
+    """A set prune incomplete=true may delete: no manifest, readable or not, and a name
+    that holds a date."""
+    return "manifest" not in s.files and s.manifest_error is None and s.time is not None
 
 
 def _apply_rules(
@@ -269,19 +365,32 @@ def prune(
     protect: str | None = None,
     dry_run: bool = False,
     check: bool = False,
+    incomplete: bool = False,
 ) -> PruneResult:
-    """Apply policy to directory (check: compare checksums too). The caller holds the
-    directory's lock unless dry_run. Returns the decisions and what was deleted."""
+    """Apply policy to each source's sets in directory (check: compare checksums too;
+    incomplete: delete stale incomplete sets too). protect: the set a backup just wrote;
+    then only its source's sets are pruned. The caller holds the directory's lock unless
+    dry_run. Returns the decisions and what was deleted."""
     sets = catalog.scan(directory)
     by_prefix = {s.prefix: s for s in sets}
     damaged = {s.prefix: why for s in sets if s.complete and (why := damage(s, check=check))}
     verified = {s.prefix for s in sets if verification_status(s) == "verified"}
-    decisions = decide(sets, policy, now, protect, damaged=damaged, verified=verified)
+    stale: dict[str, str] = {}
+    if incomplete:
+        # Under our own lock no backup runs; a dry run takes none, so it asks.
+        stale = stale_incomplete(sets, now, locked=dry_run and catalog.is_locked(directory))
+    decisions = decide_by_source(
+        sets, policy, now, protect, damaged=damaged, verified=verified, stale=stale
+    )
     result = PruneResult(decisions, dry_run=dry_run)
+    if protect is not None and protect in by_prefix:
+        result.scope = sources.label(by_prefix[protect].source)
     for d in decisions:
         if d.keep or not naming.is_prefix(d.prefix):
             continue
         bset = by_prefix[d.prefix]
         result.deleted_files += len(deletion_order(bset)) if dry_run else delete_set(bset)
         result.deleted_sets.append(d.prefix)
+        if d.prefix in stale:
+            result.deleted_incomplete.append(d.prefix)
     return result

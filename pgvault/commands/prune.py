@@ -1,4 +1,7 @@
-"""`pgvault prune`: apply the retention policy now, or with dry_run=true show each set's fate."""
+"""`pgvault prune`: apply the retention policy now, or with dry_run=true show each set's fate.
+
+The policy applies to each source database's sets apart (retention.decide_by_source);
+incomplete=true also deletes incomplete sets untouched for over a day."""
 
 from __future__ import annotations
 
@@ -14,28 +17,53 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
     retention.check_policy(cfg.retention)
     if not directory.exists():
         raise NotFound(f"{directory} does not exist", "check dir= or BACKUP_DIR")
-    dry_run, check = cfg.prune.dry_run, cfg.prune.check
+    opts = cfg.prune
+
+    def apply() -> retention.PruneResult:
+        return retention.prune(
+            directory, cfg.retention, now=ctx.clock(), dry_run=opts.dry_run, check=opts.check,
+            incomplete=opts.incomplete,
+        )  # fmt: skip
+
     try:
-        if dry_run:  # reads only, like list: no lock, so it works on a read-only dir
-            result = retention.prune(
-                directory, cfg.retention, now=ctx.clock(), dry_run=True, check=check
-            )
+        if opts.dry_run:  # reads only, like list: no lock, so it works on a read-only dir
+            result = apply()
         else:
             with catalog.locked(directory, timeout=cfg.lock_timeout, what="prune"):
-                result = retention.prune(directory, cfg.retention, now=ctx.clock(), check=check)
+                result = apply()
     except OSError as e:
         raise PgvaultError(
             f"cannot prune {directory}: {e.strerror}", "check the directory's permissions"
         ) from e
-    if dry_run:
-        ui.say(f"Retention in {directory} ({policy_text(cfg.retention)}), dry run:")
-        for d in result.decisions:
-            ui.say(f"  {'keep' if d.keep else 'delete':6}  {d.prefix}  {d.reason}")
-    else:
-        for prefix in result.deleted_sets:
-            ui.say(f"  deleted {prefix}")
+    policy = policy_text(cfg.retention) + ("; incomplete=true" if opts.incomplete else "")
+    if opts.dry_run:
+        ui.say(f"Retention in {directory} ({policy}), dry run:")
+    for line in decision_lines(result):
+        ui.say(line)
     report(ui, result)
+    if not opts.incomplete and any(
+        d.flagged and "incomplete" in d.reason for d in result.decisions
+    ):
+        ui.say("(incomplete=true deletes incomplete sets untouched for over a day)")
     return Outcome()
+
+
+def decision_lines(result: retention.PruneResult) -> list[str]:
+    """One line per set and why: every set in a dry run, the deleted ones otherwise;
+    under a heading per source when the directory holds more than one."""
+    groups: dict[str, list[retention.Decision]] = {}
+    for d in result.decisions:  # newest first: the source of the newest set leads
+        groups.setdefault(d.source, []).append(d)
+    indent = "    " if len(groups) > 1 else "  "
+    lines = []
+    for source, decisions in groups.items():
+        shown = [d for d in decisions if result.dry_run or not d.keep]
+        if shown and len(groups) > 1:
+            lines.append(f"  {source}:")
+        for d in shown:
+            verb = ("keep" if d.keep else "delete") if result.dry_run else "deleted"
+            lines.append(f"{indent}{verb:7} {d.prefix}  {d.reason}")
+    return lines
 
 
 def policy_text(r: RetentionConfig) -> str:
@@ -51,9 +79,12 @@ def report(ui: Reporter, result: retention.PruneResult) -> None:
         if d.flagged and not result.dry_run:  # a dry run shows every decision anyway
             ui.warn(f"{d.prefix} is {d.reason}")
     n, files = len(result.deleted_sets), result.deleted_files
+    of = f" for {result.scope}" if result.scope else ""  # a backup prunes its source only
+    if result.deleted_incomplete:
+        of += f", {len(result.deleted_incomplete)} of them incomplete"
     if result.dry_run:
-        ui.ok(f"Dry run: would clean up {n} old backup set(s) ({files} files); deleted nothing")
+        ui.ok(f"Dry run: would clean up {n} old backup set(s) ({files} files){of}; deleted nothing")
     elif n:
-        ui.ok(f"Cleaned up {n} old backup set(s) ({files} files)")
+        ui.ok(f"Cleaned up {n} old backup set(s) ({files} files){of}")
     else:
-        ui.ok("No old backups to clean up")
+        ui.ok(f"No old backups to clean up{of}")

@@ -18,7 +18,7 @@ from pgvault.ui import Reporter, mb
 
 
 def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
-    directory, prefix = catalog.resolve_prefix(cfg.show.prefix, cfg.dir)
+    directory, prefix = catalog.resolve_prefix(cfg.show.prefix, cfg.dir, cfg.target)
     sets = catalog.scan(directory)
     found = next((s for s in sets if s.prefix == prefix), None)
     if found is None:

@@ -347,3 +347,34 @@ def test_a_policy_that_keeps_nothing_is_refused_before_anything_is_deleted(sets)
     line = one_line_error(res)
     assert "keeps nothing" in line and "keep_last=1" in line
     assert digest(directory) == before
+
+
+@pytest.mark.parametrize("value", ["/", "/dev", "/proc/self", "link"])
+def test_the_root_and_system_directories_are_refused(tmp_path, value):
+    """dir=/ or dir=/dev was accepted: a backup wrote its lock and sets there, and prune
+    worked on it. Now every command refuses it with one line, before touching anything."""
+    if value == "link":
+        value = str(tmp_path / "link")
+        (tmp_path / "link").symlink_to("/dev")
+    env = pgvault_env()
+    commands = [
+        ("backup", "target.url=postgresql://nobody@127.0.0.1:1/none"),
+        ("list",),
+        ("prune",),
+        ("prune", "dry_run=true", "incomplete=true"),
+        ("restore", "prefix=latest", "yes=true"),
+        ("verify",),
+        ("show", "prefix=latest"),
+    ]
+    locks = [Path(p, catalog.LOCK_NAME) for p in ("/", "/dev", "/sys", "/proc/self")]
+    for command in commands:
+        line = one_line_error(run_pgvault(*command, f"dir={value}", env=env))
+        assert f"dir={value} is " in line, line
+        assert "filesystem root" in line or "system directory" in line or "inside /" in line
+        assert "a directory of its own" in line
+    # An absolute prefix names its directory: the same rule.
+    line = one_line_error(
+        run_pgvault("restore", "prefix=/dev/backup-2026-01-01-000000", "yes=true", env=env)
+    )
+    assert "prefix=/dev/backup-2026-01-01-000000 is the system directory /dev" in line
+    assert not any(p.exists() for p in locks)

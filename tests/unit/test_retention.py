@@ -7,16 +7,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgvault import catalog, naming, retention
-from pgvault.config import RetentionConfig
-from pgvault.errors import PgvaultError
+from pgvault import catalog, naming, retention, sources
+from pgvault.config import RetentionConfig, TargetConfig
+from pgvault.errors import ConfigError, NotFound, PgvaultError
 from pgvault.store import LocalStore
 from tests.manifests import manifest, manifest_dict
 
@@ -33,13 +35,17 @@ def make_set(
     compression: str = "none",
     verify: bool = False,
     directory: Path = Path("/backups"),
+    **source: Any,
 ) -> catalog.BackupSet:
-    """A set as catalog.scan would return it for files in the given state."""
+    """A set as catalog.scan would return it for files in the given state; source: the
+    manifest's database, server, host or target when not the default one."""
     if isinstance(prefix, datetime):
         prefix = naming.format_prefix(prefix)
     names = {k: naming.file_name(prefix, k, compression) for k in (*naming.SQL_KINDS, "manifest")}
     files = {k: directory / n for k, n in names.items()}
-    bset = catalog.BackupSet(prefix, directory, files, manifest=manifest(prefix, compression))
+    bset = catalog.BackupSet(
+        prefix, directory, files, manifest=manifest(prefix, compression, **source)
+    )
     if state == "missing_file":
         del bset.files["data"]
     elif state == "no_manifest":
@@ -552,3 +558,333 @@ def test_a_set_is_deleted_through_the_store_it_is_given(tmp_path):
     assert retention.delete_set(bset, Recording(tmp_path)) == len(calls) - 1
     assert calls[0].endswith("-manifest.json") and calls[1] == "sync"
     assert calls[-1].endswith("-verify.json") and list(tmp_path.iterdir()) == []
+
+
+# -- Per source: a directory holding the sets of several databases -------------------
+
+# Manifest fields naming a source: two databases on one server, the same name on another
+# server, one socket path seen from two machines, and format-1 sets (no server recorded).
+SOURCES: tuple[dict[str, Any], ...] = (
+    {},
+    {"database": "b"},
+    {"server": "10.0.0.2:5432"},
+    {"server": "/run/postgresql:5432", "host": "m1"},
+    {"server": "/run/postgresql:5432", "host": "m2"},
+    {"server": None, "format": 1},
+    {"server": None, "format": 1, "database": "b"},
+)
+
+
+@st.composite
+def mixed(draw: st.DrawFn, sources: tuple[dict[str, Any], ...] = SOURCES) -> Scenario:
+    """A scenario whose sets come from several sources, interleaved in time."""
+    sc = draw(scenarios())
+    sets = []
+    for s in sc.sets:
+        fields = draw(st.sampled_from(sources))
+        if s.manifest is not None:
+            s.manifest = manifest(s.prefix, s.compression, **fields)
+        sets.append(s)
+    return Scenario(sets, sc.damaged, sc.verified, sc.now)
+
+
+def by_source(
+    sc: Scenario, policy: RetentionConfig, protect: str | None = None, **kw: Any
+) -> list[retention.Decision]:
+    return retention.decide_by_source(
+        sc.sets, policy, sc.now, protect, damaged=sc.damaged, verified=sc.verified, **kw
+    )
+
+
+def groups(sets: list[catalog.BackupSet]) -> dict[object, list[catalog.BackupSet]]:
+    out: dict[object, list[catalog.BackupSet]] = {}
+    for s in sets:
+        out.setdefault(s.source, []).append(s)
+    return out
+
+
+@many
+@given(mixed(), policies)
+def test_every_source_keeps_its_newest_complete_intact_and_verified_set(sc, policy):
+    keep = kept(by_source(sc, policy))
+    for group in groups(sc.sets).values():
+        complete = [s.prefix for s in group if s.complete]
+        good = [s.prefix for s in intact(sc) if s in group]
+        checked = [p for p in complete if p in sc.verified]
+        for newest in (complete, good, checked):
+            if newest:
+                assert max(newest) in keep
+
+
+@many
+@given(mixed(), policies, st.data())
+def test_a_backup_deletes_only_sets_of_the_source_it_wrote(sc, policy, data):
+    complete = [s for s in sc.sets if s.complete]
+    if not complete:
+        return
+    just = data.draw(st.sampled_from(complete))
+    decisions = by_source(sc, policy, just.prefix)
+    source = {s.prefix: s.source for s in sc.sets}
+    for d in decisions:
+        if not d.keep:
+            # Never another database's set, nor one whose source cannot be told.
+            assert source[d.prefix] == just.source and just.source.known, d
+    keep = kept(decisions)
+    mine = [s.prefix for s in complete if s.source == just.source]
+    assert just.prefix in keep and max(mine) in keep
+
+
+@given(mixed(SOURCES[:1]), policies)
+def test_with_one_source_the_decisions_are_those_of_decide(sc, policy):
+    plain = sc.decide(policy)
+    split = by_source(sc, policy)
+    assert [(d.prefix, d.keep, d.reason, d.flagged) for d in split] == [
+        (d.prefix, d.keep, d.reason, d.flagged) for d in plain
+    ]
+
+
+@many
+@given(mixed(), policies, policies)
+def test_per_source_a_policy_that_keeps_more_keeps_a_superset(sc, smaller, extra):
+    fields = [f.name for f in dataclasses.fields(RetentionConfig)]
+    larger = RetentionConfig(**{f: getattr(smaller, f) + getattr(extra, f) for f in fields})
+    assert kept(by_source(sc, smaller)) <= kept(by_source(sc, larger))
+
+
+@many
+@given(mixed(), policies, st.data())
+def test_stale_marks_delete_incomplete_sets_and_nothing_else(sc, policy, data):
+    prefixes = [s.prefix for s in sc.sets]
+    chosen = data.draw(st.lists(st.sampled_from(prefixes), unique=True)) if prefixes else []
+    stale = dict.fromkeys(chosen, "stale")
+    before = {d.prefix for d in by_source(sc, policy) if not d.keep}
+    after = {d.prefix for d in by_source(sc, policy, stale=stale) if not d.keep}
+    # Only sets with no manifest at all (readable or not) and a dated name can go.
+    leftovers = {s.prefix for s in sc.sets if s.manifest is None and s.manifest_error is None}
+    leftovers &= {s.prefix for s in sc.sets if s.time is not None}
+    assert after == before | (set(stale) & leftovers)
+
+
+@given(mixed(), policies)
+def test_a_sources_decisions_do_not_depend_on_other_sources_sets(sc, policy):
+    """Whatever other databases' sets are there, verified or not, and however new, each
+    source's sets fare as if they were alone in the directory."""
+    together = {d.prefix: d for d in by_source(sc, policy)}
+    for group in groups(sc.sets).values():
+        prefixes = {s.prefix for s in group}
+        alone = Scenario(group, sc.damaged, sc.verified, sc.now)
+        assert by_source(alone, policy) == [together[p] for p in sorted(prefixes, reverse=True)]
+
+
+def test_the_issue_case_a_backup_of_b_keeps_as_ten_day_old_set():
+    now = at("2026-11-20T00:00:00")
+    a_old = make_set(now - timedelta(days=10))
+    b_old = make_set(now - timedelta(days=12), database="b")
+    b_new = make_set(now, database="b")
+    decisions = retention.decide_by_source(
+        [a_old, b_old, b_new], RetentionConfig(days=7), now, b_new.prefix
+    )
+    assert {d.prefix: d.keep for d in decisions} == {
+        a_old.prefix: True,
+        b_old.prefix: False,
+        b_new.prefix: True,
+    }
+    labels = {d.source for d in decisions}
+    assert labels == {"crm at 127.0.0.1:5432 on test", "b at 127.0.0.1:5432 on test"}
+
+
+@pytest.mark.parametrize(
+    ("server", "local"),
+    [
+        ("127.0.0.1:5432", True),
+        ("127.0.1.1:5432", True),
+        ("localhost:5432", True),
+        ("::1:5432", True),
+        ("[::1]:5432", True),
+        ("/var/run/postgresql:5432", True),
+        ("@abstract:5432", True),
+        ("db.example.com:5432", False),
+        ("10.0.0.2:6543", False),
+    ],
+)
+def test_a_local_server_is_told_apart_by_the_machine(server, local):
+    src = sources.at(server, "crm", "m1")
+    assert src.known and (src.machine == "m1") == local
+    assert (sources.at(server, "crm", "m2") == src) == (not local)
+
+
+def test_format_1_sets_are_their_own_sources_by_target_and_database():
+    one = make_set(BASE, server=None, format=1).source
+    assert one is not None and not one.known and one.target == "local"
+    assert "server not recorded" in one.label
+    assert one != make_set(BASE).source
+    assert one != make_set(BASE, server=None, format=1, target="other").source
+    assert make_set(BASE, "no_manifest").source is None
+
+
+# -- "latest": the configured target's newest set -----------------------------------
+
+LATEST_SOURCES: tuple[dict[str, Any], ...] = (
+    {"server": "10.0.0.1:5432", "database": "a"},
+    {"server": "10.0.0.1:5432", "database": "b"},
+    {"server": "10.0.0.2:5432", "database": "a"},
+    {"server": None, "format": 1, "database": "a"},
+    {"kind": "safety", "server": "10.0.0.1:5432", "database": "a"},
+)
+TARGETS = ("10.0.0.1:5432/a", "10.0.0.1:5432/b", "10.0.0.2:5432/a", "10.0.0.9:5432/z")
+
+
+@many
+@given(mixed(LATEST_SOURCES), st.sampled_from(TARGETS))
+def test_latest_is_the_targets_newest_set_and_never_another_databases(sc, where):
+    target = TargetConfig(name="t", url=f"postgresql://u@{where}")
+    want = sources.of_target(target)
+    assert want is not None and want.known
+    sets = sorted(sc.sets, key=lambda s: s.prefix, reverse=True)
+    regular = [s for s in sets if s.complete and s.kind == "regular"]
+    mine = [s for s in regular if s.source == want]
+    known = {s.source for s in regular if s.source is not None and s.source.known}
+    try:
+        chosen = catalog.latest(sets, Path("/backups"), target)
+    except ConfigError as e:
+        assert not mine and len(known) > 1, e
+        assert "ambiguous" in e.what
+        return
+    except NotFound:
+        assert not regular
+        return
+    if mine:
+        assert chosen is mine[0]
+    else:
+        # Another source's set only when the directory holds no other known one.
+        assert len(known) <= 1 and chosen is regular[0]
+
+
+def test_latest_without_a_target_is_refused_when_two_databases_share_the_dir():
+    a = make_set(BASE)
+    b = make_set(BASE + timedelta(hours=1), database="b")
+    with pytest.raises(ConfigError, match=r"ambiguous.*2 databases"):
+        catalog.latest([b, a], Path("/backups"), None)
+    assert catalog.latest([a], Path("/backups"), None) is a
+    # Format-1 sets of another database do not make it ambiguous: no source is known.
+    old_b = make_set(BASE - timedelta(days=1), server=None, format=1, database="b")
+    assert catalog.latest([a, old_b], Path("/backups"), None) is a
+
+
+# -- prune incomplete=true -----------------------------------------------------------
+
+DAY = timedelta(days=1)
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def leftover(directory: Path, when: datetime, kinds: tuple[str, ...], age: timedelta) -> str:
+    """The files a backup killed before its manifest leaves (a kind ending in .partial is
+    a partial file), with mtimes age before NOW; returns the prefix."""
+    prefix = naming.format_prefix(when)
+    for kind in kinds:
+        base, _, partial = kind.partition(".")
+        path = directory / (naming.file_name(prefix, base) + ("." + partial if partial else ""))
+        path.write_bytes(b"-- killed\n")
+        os.utime(path, ((NOW - age).timestamp(),) * 2)
+    return prefix
+
+
+def stale_of(directory: Path, *, locked: bool = False) -> set[str]:
+    return set(retention.stale_incomplete(catalog.scan(directory), NOW, locked=locked))
+
+
+def test_only_incomplete_sets_old_by_name_and_by_mtime_are_stale(tmp_path):
+    kinds = ("roles", "schema", "data")
+    old = leftover(tmp_path, NOW - 3 * DAY, kinds, 2 * DAY)
+    touched = leftover(tmp_path, NOW - 4 * DAY, kinds, 2 * DAY)
+    os.utime(tmp_path / naming.file_name(touched, "data"))  # written to just now
+    young_name = leftover(tmp_path, NOW - DAY / 2, kinds, 2 * DAY)
+    partial = leftover(tmp_path, NOW - 5 * DAY, ("roles", "data.partial"), 3 * DAY)
+    verify_only = leftover(tmp_path, NOW - 6 * DAY, ("verify",), 3 * DAY)
+    complete = write_set(tmp_path, NOW - 30 * DAY).prefix
+    assert stale_of(tmp_path) == {old, partial, verify_only}
+    assert complete not in stale_of(tmp_path)
+    assert young_name not in stale_of(tmp_path)
+
+
+def test_a_set_with_a_manifest_or_a_second_data_file_is_never_stale(tmp_path):
+    missing = write_set(tmp_path, NOW - 9 * DAY)
+    missing.files["data"].unlink()  # a manifest, a file gone: the user's to look at
+    damaged = write_set(tmp_path, NOW - 8 * DAY)
+    damaged.files["manifest"].write_text("{")
+    two = leftover(tmp_path, NOW - 7 * DAY, ("roles", "data"), 2 * DAY)
+    copy = tmp_path / naming.file_name(two, "data", "gzip")
+    copy.write_bytes(b"the user's copy")
+    os.utime(copy, (0, 0))
+    for p in tmp_path.iterdir():
+        os.utime(p, (0, 0))
+    assert stale_of(tmp_path) == set()
+
+
+def test_an_in_progress_set_is_never_stale(tmp_path):
+    older = leftover(tmp_path, NOW - 4 * DAY, ("roles", "schema"), 2 * DAY)
+    newest = leftover(tmp_path, NOW - 3 * DAY, ("roles", "schema", "data"), 2 * DAY)
+    assert stale_of(tmp_path) == {older, newest}
+    # While a backup holds the directory, its set is the newest without a manifest (or
+    # has .partial files): that one stays, an older leftover goes.
+    assert stale_of(tmp_path, locked=True) == {older}
+    partial = leftover(tmp_path, NOW - 5 * DAY, ("data.partial",), 2 * DAY)
+    assert partial not in stale_of(tmp_path, locked=True)
+
+
+def test_prune_incomplete_deletes_leftovers_only_and_a_dry_run_nothing(tmp_path):
+    kept_set = write_set(tmp_path, NOW - 2 * DAY)
+    gone = leftover(tmp_path, NOW - 3 * DAY, ("roles", "schema", "data.partial"), 2 * DAY)
+    foreign = tmp_path / "backup-2001-01-01-000000-data.sql.bak"
+    foreign.write_text("mine")
+    os.utime(foreign, (0, 0))
+    policy = RetentionConfig(days=7)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    plain = retention.prune(tmp_path, policy, now=NOW)
+    assert plain.deleted_sets == [] and sorted(p.name for p in tmp_path.iterdir()) == before
+    (flag,) = [d for d in plain.decisions if d.prefix == gone]
+    assert flag.keep and flag.flagged
+    dry = retention.prune(tmp_path, policy, now=NOW, dry_run=True, incomplete=True)
+    assert dry.deleted_sets == dry.deleted_incomplete == [gone] and dry.deleted_files == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    real = retention.prune(tmp_path, policy, now=NOW, incomplete=True)
+    assert real.deleted_sets == [gone] and real.deleted_files == 3
+    assert {s.prefix for s in catalog.scan(tmp_path)} == {kept_set.prefix}
+    assert foreign.read_text() == "mine"
+
+
+# -- dir= is never the root or a system directory ------------------------------------
+
+# Path segments: any name but "." and ".." (which leave the directory they are under).
+segments = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1).filter(
+    lambda s: s not in (".", "..")
+)
+
+
+@given(st.sampled_from(catalog.PSEUDO_FS), st.lists(segments, max_size=4))
+def test_anything_under_dev_proc_and_sys_is_refused(top, parts):
+    path = Path(top, *parts)
+    with pytest.raises(ConfigError, match=r"is (inside|the system directory) /(dev|proc|sys)"):
+        catalog.backup_dir(str(path), create=False)
+
+
+@pytest.mark.parametrize("value", [*sorted(catalog.SYSTEM_DIRS), "//", "/usr/../etc", "/etc/."])
+def test_the_root_and_system_directories_are_refused(value):
+    with pytest.raises(ConfigError, match=r"filesystem root|system directory"):
+        catalog.backup_dir(value, create=True)
+
+
+@given(st.lists(segments, min_size=1, max_size=3))
+def test_a_directory_of_its_own_is_accepted(tmp_path_factory, parts):
+    base = tmp_path_factory.getbasetemp()
+    assert catalog.system_dir(Path(base, *parts)) is None
+    for mine in ("/var/backups/pgvault", "/usr/local/backups", "/srv/db", "/home/u/bk"):
+        assert catalog.system_dir(Path(mine)) is None
+
+
+def test_a_symlink_to_a_system_directory_is_refused(tmp_path):
+    (tmp_path / "bk").symlink_to("/dev")
+    with pytest.raises(ConfigError, match="/dev"):
+        catalog.backup_dir(str(tmp_path / "bk"), create=True)
+    with pytest.raises(ConfigError, match="/proc"):
+        catalog.resolve_prefix("/proc/backup-2026-01-01-000000", None)
