@@ -21,7 +21,7 @@ from pgvault.manifest import Manifest, VerifyRecord, read_manifest, read_verify_
 
 # The catalog's lock and writes are its store's; callers reach them as catalog.*.
 from pgvault.store import LOCK_NAME as LOCK_NAME
-from pgvault.store import LocalStore, Store
+from pgvault.store import LocalStore, Store, open_regular
 from pgvault.store import fsync_dir as fsync_dir
 from pgvault.store import is_locked as is_locked
 from pgvault.store import locked as locked
@@ -276,7 +276,7 @@ def file_problems(bset: BackupSet, *, checksums: bool) -> list[str]:
             continue
         short = path.name.removeprefix(bset.prefix + "-")
         try:
-            size = path.stat().st_size
+            size = os.lstat(path).st_size
             if size != entry.size:
                 problems.append(f"{short} is {size} bytes, the manifest says {entry.size}")
             elif checksums and _sha256(path) != entry.sha256:
@@ -290,7 +290,7 @@ def file_problems(bset: BackupSet, *, checksums: bool) -> list[str]:
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open_regular(path) as f:  # never through a link swapped in since the scan
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

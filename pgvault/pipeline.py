@@ -9,16 +9,14 @@ re-exported from there for the modules that use them by this name.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import queue
-import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from pgvault import store
 from pgvault.errors import ClientProgramError
@@ -26,6 +24,7 @@ from pgvault.execute import DEVNULL, PIPE, widen
 from pgvault.execute import Stage as Stage
 from pgvault.execute import run_text as run_text
 from pgvault.execute import stages as stages
+from pgvault.store import open_regular as open_regular
 
 CHUNK = 1 << 20
 _QUEUED_CHUNKS = 4  # at most this many chunks wait for the writer: memory stays flat
@@ -240,20 +239,6 @@ def file_chunks(
             if left is not None:
                 left -= len(chunk)
             yield chunk
-
-
-def open_regular(path: Path) -> BinaryIO:
-    """Open a set's file for reading: never through a symlink, and only a regular file
-    (a fifo planted there would block the read forever)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def stream_into(

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from pgvault import naming
 from pgvault.errors import LockBusy, PgvaultError
@@ -102,6 +102,20 @@ def create_new(path: Path) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NEVER_FOLLOW, 0o600)
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a set's file for reading: never through a symlink, and only a regular file
+    (a fifo planted there would block the read forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

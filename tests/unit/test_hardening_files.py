@@ -390,3 +390,22 @@ def test_invalid_utf8_is_an_unreadable_file(bk):
     path.write_bytes(b'{"format": 2, "tool": "\xff"}')
     with pytest.raises(IntegrityError, match="is unreadable"):
         read_manifest(path)
+
+
+def test_a_set_file_swapped_for_a_link_after_the_scan_is_not_read(bk, victim):
+    """The checksum check looks at the files the scan saw; a symlink swapped in since (to a
+    file of the same content) is a problem of the set, never followed to a match."""
+    import hashlib
+
+    from pgvault import catalog
+
+    data = bk / naming.file_name(PREFIX, "data")
+    data.write_bytes(SECRET)
+    m = manifest_dict(PREFIX)
+    m["files"]["data"].update(size=len(SECRET), sha256=hashlib.sha256(SECRET).hexdigest())
+    bset = catalog.BackupSet(PREFIX, bk, {"data": data}, manifest=manifest.Manifest(**m))
+    assert catalog.file_problems(bset, checksums=True) == []
+    data.unlink()
+    data.symlink_to(victim)
+    (problem,) = catalog.file_problems(bset, checksums=True)
+    assert problem.startswith("data.sql ")
