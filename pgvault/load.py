@@ -184,10 +184,19 @@ def restore_parts(
         yield from sql_file(bset.files["schema"], running, stop=offset, keep=schema_keep)
         yield b"SET session_replication_role = replica;\n"
         data = DataFilter(drop)
-        for chunk in pipeline.file_chunks(
-            bset.files["data"], os.environ, running, decompressor=decompress
-        ):
-            yield data(chunk)
+        started = len(running)
+        try:
+            for chunk in pipeline.file_chunks(
+                bset.files["data"], os.environ, running, decompressor=decompress
+            ):
+                yield data(chunk)
+        except ClientProgramError as e:
+            # The decompressor failed. Killed, it says nothing of the file; else the file
+            # is damaged: stop before COMMIT, naming where it breaks off.
+            stages = running[started:]
+            if not stages or any((st.proc.returncode or 0) < 0 for st in stages):
+                raise
+            raise damaged_data(bset.files["data"].name, e.what, data) from None
         yield data(b"")
         if data.open_copy is not None:
             # Never let psql read what follows as rows: stop before COMMIT.
@@ -208,6 +217,24 @@ def restore_parts(
         yield b"COMMIT;\n"
 
     return parts
+
+
+def damaged_data(name: str, detail: str, data: DataFilter) -> IntegrityError:
+    """The error for a compressed data file that cannot be read to its end: where it
+    breaks off is named by the last COPY header seen."""
+    last = data.open_copy or next(reversed(data.rows), None)
+    where = (
+        f"inside the data of {last}" if data.open_copy
+        else f"after the data of {last}" if last
+        else "before the data of any table"
+    )  # fmt: skip
+    # "zstd failed: …x.zst : Read error (39) : premature end": the tool and its reason.
+    tool, _, said = detail.partition(" failed: ")
+    reason = said.rpartition(":")[2].strip() or "unreadable"
+    return IntegrityError(
+        f"{tool} failed: {name} is damaged ({reason}), it breaks off {where}",
+        "the file is truncated or corrupt; restore another set",
+    )
 
 
 class RestoreFailed(PgvaultError):

@@ -1,9 +1,11 @@
 """`pgvault verify`: restore a set into a throwaway cluster (or a scratch database) with
 restore's own code path, then compare what the database holds with the manifest.
 
-The data path: set -> file checks -> throwaway cluster -> load_set -> pg_dump --data-only
-of the restored database through CopyStats (rows and content per table) + facts ->
-comparison with the manifest -> report -> a `-verify.json` record beside the set.
+The data path: set -> file checks -> throwaway cluster (pgvault.scratch) -> load_set ->
+pg_dump --data-only of the restored database through CopyStats (rows and content per
+table) + facts -> comparison with the manifest -> report -> a `-verify.json` record beside
+the set. A failure that says nothing about the set (no space, memory, a server gone) is
+raised instead: verify could not run, and the earlier verdict stands.
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from psycopg import sql
+import psycopg
 
 from pgvault import catalog, clients, load, naming, pipeline
 from pgvault.catalog import BackupSet
-from pgvault.cluster import server_programs, throwaway
 from pgvault.config import PgvaultConfig, Profile
-from pgvault.connection import Conn, conn_from_url, connect
+from pgvault.connection import connect
 from pgvault.dumpstream import CopyStats
-from pgvault.errors import ConfigError, NotFound, PgvaultError
+from pgvault.errors import ClientProgramError, NotFound, PgvaultError
 from pgvault.facts import pgoptions, read_facts
 from pgvault.listener import Listener
 from pgvault.manifest import (
@@ -38,7 +39,7 @@ from pgvault.manifest import (
     read_verify_record,
 )
 from pgvault.profiles import Plan, skip_entries
-from pgvault.profiles.standin import supabase_standin
+from pgvault.scratch import INSTALL_EXTENSION, Scratch, first_line, scratch
 
 VERIFIED: Literal["verified"] = "verified"
 FAILED: Literal["failed"] = "failed"
@@ -124,120 +125,6 @@ def compare_facts(manifest: Manifest, facts: dict[str, Any]) -> list[str]:
     return problems
 
 
-def create_database_sql(name: str, encoding: str) -> sql.Composed:
-    """CREATE DATABASE in the source's encoding: pg_dump writes COPY in the database's
-    encoding, so a re-dump of a UTF8 copy of a LATIN1 database would read differently.
-    The C locale goes with every encoding."""
-    stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-    if encoding.upper() in ("UTF8", "UTF-8"):
-        return stmt
-    return sql.SQL("{} TEMPLATE template0 ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C'").format(
-        stmt, sql.Literal(encoding)
-    )
-
-
-SCRATCH_DB = "pgvault_verify"
-
-# The restore creates and loads every table in one transaction: at wal_level minimal that
-# writes no WAL, and a throwaway cluster needs none.
-_NO_WAL = {"wal_level": "minimal", "max_wal_senders": "0"}
-
-# What makes a scratch database not empty: verify would wipe it.
-_USER_OBJECTS = """SELECT
-    (SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname NOT IN
-        ('pg_catalog', 'information_schema', 'pg_toast', 'public')
-        AND nspname !~ '^pg_(toast_)?temp_')
-  + (SELECT count(*) FROM pg_catalog.pg_class c
-        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public')
-  + (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)
-  + (SELECT count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')"""
-
-_INSTALL_EXTENSION = (
-    "install that extension on this machine, or use verify.target=URL of a scratch "
-    "database on a server that has it"
-)
-# Failures of the restore that say nothing about the set: verify could not run.
-_NOT_THE_SETS_FAULT = (
-    ("extension control file", _INSTALL_EXTENSION),
-    ('" is not available', _INSTALL_EXTENSION),
-    ("No space left on device", "free space in $TMPDIR or point TMPDIR elsewhere"),
-    ("could not connect", "check the scratch server"),
-    ("server closed the connection", "check the scratch server's log"),
-    ("terminating connection", "check the scratch server's log"),
-    ("cannot read", "check that the set's files are still there"),
-)  # fmt: skip
-
-
-@dataclass
-class Scratch:
-    """An empty database to restore into: loaded as conn, read back as admin."""
-
-    conn: Conn
-    admin: Conn
-    major: int
-    psql: str
-    unavailable: set[str] = field(default_factory=set)  # extensions the server lacks
-    notes: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def scratch(cfg: PgvaultConfig, bset: BackupSet) -> Iterator[Scratch]:
-    """Yield an empty database to restore into: in a throwaway cluster (stopped and
-    removed afterwards, whatever happens) or the scratch database verify.target names
-    (emptied afterwards). A Supabase set gets a Supabase-shaped throwaway cluster."""
-    m = _manifest(bset)
-    major = m.server_major
-    plan = Plan.from_manifest(m)
-    if plan.scope is not None and cfg.verify.target != "ephemeral":
-        raise ConfigError(
-            f"{bset.prefix} is a Supabase set, which verify restores only into a throwaway "
-            "Supabase-shaped cluster",
-            "leave verify.target at ephemeral on a machine with the PostgreSQL server programs",
-        )
-    if cfg.verify.target == "ephemeral":
-        programs = server_programs(major, cfg.clients.bindir)
-        psql = load.psql_for(
-            programs.major, bset.dump_major, "a throwaway cluster", cfg.clients.bindir,
-            bset.dump_version,
-        )  # fmt: skip
-        # Not the source's name: the cluster has a `postgres` database already.
-        create = create_database_sql(SCRATCH_DB, m.encoding)
-        if plan.scope is not None:
-            with supabase_standin(
-                programs, plan.scope, bset.files, psql, SCRATCH_DB, create,
-                _NO_WAL,
-            ) as stand_in:  # fmt: skip
-                yield Scratch(
-                    stand_in.conn, stand_in.admin, programs.major, psql,
-                    stand_in.unavailable, stand_in.notes,
-                )  # fmt: skip
-            return
-        with throwaway(programs, settings=_NO_WAL) as cluster:
-            with connect(cluster.conn(), autocommit=True) as pg:
-                pg.execute(create)
-            conn = cluster.conn(SCRATCH_DB)
-            yield Scratch(conn, conn, programs.major, psql)
-        return
-    conn = conn_from_url(cfg.verify.target, what="verify.target")
-    with connect(conn, autocommit=True) as pg:
-        server_major = pg.info.server_version // 10000
-        row = pg.execute(_USER_OBJECTS).fetchone()
-    if row and row[0]:
-        raise ConfigError(
-            f"verify.target {conn.dbname} at {conn.where} is not empty ({row[0]} objects); "
-            "verify replaces everything in it",
-            "point verify.target at an empty scratch database",
-        )
-    psql = load.psql_for(
-        server_major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version
-    )
-    try:
-        yield Scratch(conn, conn, server_major, psql)
-    finally:
-        with connect(conn, autocommit=True) as pg:
-            pg.execute(load.WIPE_SQL)
-
-
 def _manifest(bset: BackupSet) -> Manifest:
     assert bset.manifest is not None, "verify takes a complete set"
     return bset.manifest
@@ -266,8 +153,7 @@ def _restore_and_compare(
     """Load bset into the target's empty database, then fill result with the comparison."""
     m = _manifest(bset)
     expected = m.tables
-    plan = Plan.from_manifest(m)
-    with connect(target.admin, autocommit=True) as pg:
+    with _could_not_run(bset.prefix, target), connect(target.admin, autocommit=True) as pg:
         result.server_version = str(pg.info.parameter_status("server_version") or "")
     missing = sorted(target.unavailable)
     result.unchecked += [
@@ -283,18 +169,26 @@ def _restore_and_compare(
         if missing:
             raise PgvaultError(
                 f"verify of {bset.prefix} could not run: {e.what}",
-                f"it needs {', '.join(missing)}, which this server lacks; {_INSTALL_EXTENSION}",
+                f"it needs {', '.join(missing)}, which this server lacks; {INSTALL_EXTENSION}",
             ) from None
-        for marker, hint in _NOT_THE_SETS_FAULT:
-            if marker in e.what:
-                raise PgvaultError(
-                    f"verify of {bset.prefix} could not run: {e.what}", hint
-                ) from None
+        if (reason := target.could_not_run(e.what)) is not None:
+            raise PgvaultError(
+                f"verify of {bset.prefix} could not run: {reason[0]}", reason[1]
+            ) from None
         result.problems.append(e.what)
         # Name the tables all the same, from what the data file holds.
         result.restored = False
         result.tables = compare_tables(expected, file_tables(bset))
         return
+    # The set loaded: whatever fails from here on is not its fault.
+    with _could_not_run(bset.prefix, target):
+        _compare(bset, target, result)
+
+
+def _compare(bset: BackupSet, target: Scratch, result: VerifyResult) -> None:
+    """Fill result with what the loaded database holds against the manifest."""
+    m = _manifest(bset)
+    plan = Plan.from_manifest(m)
     stats = CopyStats()
     pg_dump = str(Path(target.psql).with_name("pg_dump"))
     # Large objects are counted in the facts; their bytes need not pass through here.
@@ -306,17 +200,31 @@ def _restore_and_compare(
     if settings:
         env["PGOPTIONS"] = pgoptions(settings, env.get("PGOPTIONS", ""))
     pipeline.observe(argv, env, [stats])
-    result.tables = compare_tables(expected, stats.result())
+    result.tables = compare_tables(m.tables, stats.result())
     with connect(target.admin, autocommit=True) as pg:
         facts = read_facts(pg, skip_schemas=plan.platform_schemas)
         result.problems += compare_facts(m, facts)
 
 
+@contextlib.contextmanager
+def _could_not_run(prefix: str, target: Scratch) -> Iterator[None]:
+    """Any failure in here says nothing about the set: verify could not run, and names
+    the cause (no space, memory or connection, a server gone) where it can tell."""
+    try:
+        yield
+    except (PgvaultError, psycopg.Error) as e:
+        what = e.what if isinstance(e, PgvaultError) else first_line(e)
+        hint = e.hint if isinstance(e, PgvaultError) and e.hint else "run verify again"
+        why, hint = target.could_not_run(what) or (what, hint)
+        raise PgvaultError(f"verify of {prefix} could not run: {why}", hint) from None
+
+
 def file_tables(bset: BackupSet) -> dict[str, dict[str, Any]]:
-    """Rows and content checksum per table as the set's data file holds them."""
+    """Rows and content checksum per table as the set's data file holds them, as far as
+    it can be read (a damaged file: up to where it breaks off)."""
     stats = CopyStats()
     decompress = clients.decompressor(bset.compression)
-    with pipeline.stages() as running:
+    with contextlib.suppress(ClientProgramError, OSError), pipeline.stages() as running:
         for chunk in pipeline.file_chunks(
             bset.files["data"], os.environ, running, decompressor=decompress
         ):
@@ -348,19 +256,19 @@ def write_record(ui: Listener, directory: Path, result: VerifyResult) -> None:
 
 
 def sets_to_verify(cfg: PgvaultConfig) -> list[BackupSet]:
-    """prefix= names one set; all=true every complete set; else the newest complete set
-    that is not a safety backup (the one a restore would be taken from)."""
+    """prefix= names one set; all=true every complete set; else the set prefix=latest
+    means: the newest regular set of the configured target's source (the one a restore
+    would be taken from), never another database's newer set."""
     opts = cfg.verify
     if opts.prefix:
-        found_dir, prefix = catalog.resolve_prefix(opts.prefix, cfg.dir)
+        found_dir, prefix = catalog.resolve_prefix(opts.prefix, cfg.dir, cfg.target)
         return [catalog.find_set(found_dir, prefix)]
     directory = catalog.backup_dir(cfg.dir, create=False)
     scanned = catalog.scan(directory)  # once: each set's manifest is read here
     if opts.all:
         chosen = [s.prefix for s in scanned if s.complete]
     else:
-        newest = catalog.newest(scanned)
-        chosen = [newest.prefix] if newest is not None else []
+        chosen = [catalog.latest(scanned, directory, cfg.target).prefix]
     if not chosen:
         raise NotFound(f"no complete backup set in {directory}", "run `pgvault backup` first")
     return [catalog.find_set(directory, p, scanned) for p in chosen]

@@ -31,7 +31,7 @@ def server_programs():
 
 def _cluster(programs) -> Iterator[clusters.Cluster]:
     hba = [f"host all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256"]
-    with clusters.throwaway(programs, hba_first=hba) as c:
+    with clusters.throwaway(programs, hba_first=hba, tcp=True) as c:
         with connect(c.conn(), autocommit=True) as pg:
             pg.execute(
                 f"DO $$BEGIN CREATE ROLE {PASSWORD_USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}';"

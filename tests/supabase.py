@@ -37,7 +37,7 @@ def psql_file(programs: clients.Programs, conn: Conn, path: Path) -> None:
 @contextlib.contextmanager
 def supabase_cluster(programs: clients.Programs) -> Iterator[clusters.Cluster]:
     """A started cluster with the templates TEMPLATE and APP_TEMPLATE."""
-    with clusters.throwaway(programs, superuser=SUPERUSER) as c:
+    with clusters.throwaway(programs, superuser=SUPERUSER, tcp=True) as c:
         psql_file(programs, c.conn(), SQL / "cluster.sql")
         with connect(c.conn(), autocommit=True) as pg:
             pg.execute(f"CREATE DATABASE {TEMPLATE} OWNER {LOGIN}")

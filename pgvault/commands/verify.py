@@ -1,5 +1,6 @@
 """`pgvault verify`: restore sets into a throwaway cluster and compare them with their
-manifests; record each verdict beside its set. Exit 3 when one does not match."""
+manifests; record each verdict beside its set. Exit 3 when one does not match; exit 1,
+recording nothing, when verify could not run (no space, memory, server...)."""
 
 from __future__ import annotations
 

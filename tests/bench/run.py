@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="pgvault-bench-"))
     rows: list[Row] = []
     try:
-        with throwaway(programs) as cluster:
+        with throwaway(programs, tcp=True) as cluster:
             bench = Bench(cluster, programs, work, args.repeat, args.keep)
             for scale in args.scales:
                 say(f"scale {scale}: pgbench -i -s {scale}, then {args.repeat} run(s) each")
