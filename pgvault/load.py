@@ -149,13 +149,15 @@ def restore_parts(
     *,
     strict: bool = True,
     schema_keep: Callable[[Entry], bool] | None = None,
+    lock_timeout_ms: int = 60_000,
 ) -> Callable[[list[pipeline.Stage]], Iterator[bytes]]:
     """The one stream psql reads: the whole restore inside a single transaction, in the
     order pre-data, data, post-data, so indexes and constraints are built once.
 
     strict: stop before COMMIT when the data file's rows disagree with the manifest (a
     file cut between two tables restores cleanly otherwise). schema_keep: leave out the
-    schema file's entries for which it is false (verify: extensions a server lacks)."""
+    schema file's entries for which it is false (verify: extensions a server lacks).
+    lock_timeout_ms: how long the wipe waits for a table another session holds."""
     drop = _NEW_SETTINGS if server_major < 17 else ()
     assert bset.manifest is not None, "restore_parts takes a complete set"
     manifest = bset.manifest
@@ -178,7 +180,7 @@ def restore_parts(
         yield transform(b"") + b"\n"
 
     def parts(running: list[pipeline.Stage]) -> Iterator[bytes]:
-        yield b"BEGIN;\nSET LOCAL lock_timeout = '60s';\n"
+        yield b"BEGIN;\nSET LOCAL lock_timeout = %d;\n" % lock_timeout_ms
         yield from sql_file(bset.files["roles"], running)
         yield wipe.encode()
         yield from sql_file(bset.files["schema"], running, stop=offset, keep=schema_keep)
@@ -268,11 +270,15 @@ def load_set(
     strict: bool = True,
     schema_keep: Callable[[Entry], bool] | None = None,
     progress: Listener | None = None,
+    lock_timeout_ms: int = 60_000,
 ) -> None:
     """Replace conn's database with the set, atomically: on any failure nothing changed.
-    strict and schema_keep: see restore_parts; progress hears of the bytes psql reads."""
+    strict, schema_keep and lock_timeout_ms: see restore_parts; progress hears of the
+    bytes psql reads."""
     argv = [psql, *clients.psql_args(conn.conninfo)]
-    parts = restore_parts(bset, server_major, strict=strict, schema_keep=schema_keep)
+    parts = restore_parts(
+        bset, server_major, strict=strict, schema_keep=schema_keep, lock_timeout_ms=lock_timeout_ms
+    )
     try:
         with (progress or Silent()).transfer("restore", stream_size(bset)) as advance:
 

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pgvault import catalog, clients
+from pgvault import catalog, clients, locks
 from pgvault.catalog import BackupSet
 from pgvault.config import Confirm, PgvaultConfig, Profile, TargetConfig
 from pgvault.connection import Conn, conn_for_target, conn_from_url, connect
@@ -189,8 +189,23 @@ def replace_database(
     """Replace conn's database with bset in one transaction. A database this creates is
     loaded under a partial name and renamed when complete, so a restore killed midway
     never leaves an empty or half-made database under the name asked for."""
+    wait_ms = locks.milliseconds(cfg.restore.table_lock_timeout)
     if state.exists:
-        load_set(bset, conn, psql, state.major, strict=not cfg.restore.force, progress=ui)
+        try:
+            load_set(
+                bset, conn, psql, state.major, strict=not cfg.restore.force, progress=ui,
+                lock_timeout_ms=wait_ms,
+            )  # fmt: skip
+        except RestoreFailed as e:
+            if not locks.is_lock_timeout(e.detail):
+                raise
+            gave_up = locks.gave_up(
+                f"restore failed, {conn.dbname} is unchanged: it",
+                cfg.restore.table_lock_timeout,
+                locks.held_by_others(conn),
+                "restore.table_lock_timeout",
+            )
+            raise gave_up from None
         return
     partial = conn.with_dbname(partial_name(conn.dbname))
     _drop_leftover(partial, conn.dbname)

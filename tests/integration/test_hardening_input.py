@@ -77,3 +77,39 @@ def test_a_backup_removes_planted_partial_links_and_never_their_targets(empty_db
     assert res.returncode == 0, res.stderr
     assert not link.is_symlink() and not link.exists()
     assert victim.read_text() == "keep me"
+
+
+def test_a_locked_table_makes_the_restore_give_up_and_change_nothing(empty_db, tmp_path):
+    """The wipe waits for a table an open transaction has read; it gives up after
+    restore.table_lock_timeout with the table's name, and the database is as it was."""
+    run_sql(empty_db, "CREATE TABLE notes (id int); INSERT INTO notes VALUES (1), (2)")
+    directory = tmp_path / "bk"
+    env = pgvault_env(empty_db)
+    res = run_pgvault("backup", f"dir={directory}", "quiet=true", env=env)
+    assert res.returncode == 0, res.stderr
+    run_sql(empty_db, "INSERT INTO notes VALUES (3)")
+    release, locked = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with connect(empty_db) as pg:
+            pg.execute("SELECT count(*) FROM notes")  # ACCESS SHARE until the rollback
+            locked.set()
+            release.wait(120)
+            pg.rollback()
+
+    holder = threading.Thread(target=reader)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        res = run_pgvault(
+            "restore", f"dir={directory}", "prefix=latest", "yes=true",
+            "restore.safety_backup=false", "restore.table_lock_timeout=2", env=env, timeout=120,
+        )  # fmt: skip
+    finally:
+        release.set()
+        holder.join()
+    line = one_line_error(res)
+    assert "public.notes" in line and "restore.table_lock_timeout" in line
+    assert f"{empty_db.dbname} is unchanged" in line
+    with connect(empty_db) as pg:
+        assert pg.execute("SELECT count(*) FROM notes").fetchone() == (3,)
