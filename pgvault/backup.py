@@ -356,12 +356,19 @@ def estimate_size(
             if m.compression == "none":
                 return m.files["data"].size
             break
-    # From the catalog's page counts: pg_table_size() would wait for a locked table.
-    row = pg.execute(
-        "SELECT sum(relpages)::bigint * pg_catalog.current_setting('block_size')::bigint"
-        " FROM pg_catalog.pg_class"
-        " WHERE relkind IN ('r', 'm') AND relnamespace <> 'pg_catalog'::regnamespace"
-    ).fetchone()
+    tables = "FROM pg_catalog.pg_class WHERE relkind IN ('r', 'm')"
+    tables += " AND relnamespace <> 'pg_catalog'::regnamespace"
+    try:
+        # pg_table_size() locks each table: a locked one must not stall the estimate.
+        pg.execute("SET lock_timeout = 500")
+        row = pg.execute(f"SELECT sum(pg_catalog.pg_table_size(oid))::bigint {tables}").fetchone()
+    except psycopg.errors.LockNotAvailable:  # the catalog's page counts, without a lock
+        row = pg.execute(
+            "SELECT sum(relpages)::bigint * pg_catalog.current_setting('block_size')::bigint "
+            + tables
+        ).fetchone()
+    finally:
+        pg.execute("RESET lock_timeout")
     return int(row[0]) if row and row[0] else None
 
 
