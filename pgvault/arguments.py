@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 
+from pgvault import masking
 from pgvault.commands import COMMON, SPECS, Spec
 from pgvault.config import PgvaultConfig
 from pgvault.errors import ConfigError
@@ -83,6 +84,20 @@ def schema_paths(cls: type = PgvaultConfig, prefix: str = "") -> frozenset[str]:
         if kind is not None and is_dataclass(kind):
             node: type = type(kind)
             out |= schema_paths(node, path + ".")
+    return frozenset(out)
+
+
+@functools.cache
+def text_keys(cls: type = PgvaultConfig, prefix: str = "") -> frozenset[str]:
+    """The leaves of the schema that hold text (str or str | None): where a URL goes."""
+    out: set[str] = set()
+    for f in fields(cls):
+        kind = f.default_factory() if callable(f.default_factory) else None
+        if kind is not None and is_dataclass(kind):
+            node: type = type(kind)
+            out |= text_keys(node, f"{prefix}{f.name}.")
+        elif str(f.type) in ("str", "str | None"):
+            out.add(f"{prefix}{f.name}")
     return frozenset(out)
 
 
@@ -196,6 +211,58 @@ def check_override(spec: Spec, word: str, groups: set[str]) -> str:
         raise ConfigError(f"{spec.name} does not take {key}", what_it_takes(spec, key))
     value = word.split("=", 1)[1] if "=" in word else ""
     return f"{key}={value}"
+
+
+def conceal(word: str) -> str:
+    """Return the override with each password in its value (or each value of a sweep)
+    replaced by an interpolation that reads it back from this process (masking.slot), so
+    Hydra never holds it: not in --info, its errors, or a saved config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, Override, QuotedString, ValueType
+
+    override = OverridesParser.create().parse_override(word)
+    key = override.key_or_group
+    whole = key.lower().endswith("password")  # hydra.job.env_set.PGPASSWORD
+    if key not in text_keys() and not whole:
+        return word  # Hydra refuses a URL for a number, an enum or a bool at once
+    value = override.value()
+    if isinstance(value, str):
+        shown = _concealed(value, whole)
+    elif isinstance(value, ChoiceSweep) and not value.tags and not value.shuffle:
+        items = [
+            _concealed(v, whole) if isinstance(v, str | QuotedString) else None for v in value.list
+        ]
+        if all(i is None for i in items):
+            return word
+        listed = ",".join(
+            i if i is not None else Override._get_value_element_as_str(v)
+            for i, v in zip(items, value.list, strict=True)
+        )
+        simple = override.value_type is ValueType.SIMPLE_CHOICE_SWEEP
+        shown = listed if simple else f"choice({listed})"
+    else:
+        return word
+    return word if shown is None else f"{override.get_key_element()}={shown}"
+
+
+def _concealed(value: object, whole: bool) -> str | None:
+    """The value, as a quoted override value with its passwords taken out; None when it
+    holds none."""
+    from hydra.core.override_parser.types import Quote, QuotedString
+
+    text = value.text if isinstance(value, QuotedString) else str(value)
+    found = [(0, len(text))] if whole and text else masking.password_spans(text)
+    spans: list[tuple[int, int]] = []
+    for a, b in sorted(found, key=lambda s: s[0] - s[1]):  # a password before its prefix
+        if all(b <= c or a >= d for c, d in spans):
+            spans.append((a, b))
+    if not spans:
+        return None
+    out, pos = [], 0
+    for a, b in sorted(spans):
+        out += [text[pos:a], masking.slot(text[a:b], public=text[:a] + text[b:])]
+        pos = b
+    return QuotedString(text="".join([*out, text[pos:]]), quote=Quote.single).with_quotes()
 
 
 def option_names(spec: Spec) -> list[str]:

@@ -4,6 +4,10 @@ Hydra has no subcommands: the first word picks the command and becomes `command=
 for one `@hydra.main` app, so --help, --multirun, tab completion and --cfg behave as
 Hydra users expect. HYDRA_FULL_ERROR=1 makes Hydra raise instead of printing, so every
 error, Hydra's included, reaches main() and leaves as one line.
+
+Passwords are masked wherever text leaves: the process title is rewritten before Hydra
+is even imported (hence the imports inside functions), stderr and log records are
+masked, and passwords in overrides are replaced by interpolations (pgvault.masking).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import select
 import signal
 import sys
 import tempfile
+import traceback
 from pathlib import Path
+from types import TracebackType
 from typing import Any, NoReturn
 
-from pgvault import __version__, arguments
-from pgvault.commands import SPECS
-from pgvault.errors import ConfigError, PgvaultError
+from pgvault import __version__, masking
+from pgvault.errors import ConfigError, PgvaultError, one_line
 
 
 def packaged_conf_dir() -> Path:
@@ -71,6 +76,34 @@ def search_setup() -> tuple[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    remember_secrets(args)
+    if argv is None:  # the real command line: this process's title and its last words
+        masking.hide_in_title(sys.orig_argv)
+        sys.excepthook = _masked_excepthook
+    with masking.masked_output():
+        _main(args)
+
+
+def remember_secrets(args: list[str]) -> None:
+    """Make the passwords of this run known to the masking: in the arguments (however
+    malformed), DATABASE_URL and PGPASSWORD."""
+    masking.reset()
+    for a in args:
+        masking.remember_in(a)
+    masking.remember_in(os.environ.get("DATABASE_URL"))
+    public = " ".join(os.environ.get(k, "") for k in ("PGUSER", "PGDATABASE", "PGHOST"))
+    masking.remember(os.environ.get("PGPASSWORD"), public=public)
+
+
+def _masked_excepthook(
+    kind: type[BaseException], e: BaseException, tb: TracebackType | None
+) -> None:
+    sys.stderr.write(masking.mask("".join(traceback.format_exception(kind, e, tb))))
+
+
+def _main(args: list[str]) -> None:
+    from pgvault import arguments
+
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     command = "backup"
     # SIGTERM unwinds like Ctrl-C, so throwaway clusters and partial files are cleaned up.
@@ -85,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         groups = arguments.config_groups(Path(config_dir), user_conf_dir(), packaged_conf_dir())
         call = arguments.prepare(args, groups)
         command = call.command
-        overrides = [*extra, *call.overrides, f"command={call.command}"]
+        # Hydra gets ${pgvault_secret:N} for each password, so it never holds one.
+        hidden = [arguments.conceal(o) for o in call.overrides]
+        overrides = [*extra, *hidden, f"command={call.command}"]
         if "--hydra-help" in call.flags:  # Hydra's own help composes no app config
             overrides = extra
         if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in call.flags):
@@ -98,9 +133,11 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
             if any(a in ("-m", "--multirun") for a in call.flags):
-                # Hydra saves the composed config, passwords and all, as multirun.yaml in
-                # the sweep dir: make it private to this run and remove it afterwards.
+                # Hydra saves the composed config as multirun.yaml in the sweep dir, with
+                # any password of a config file: a private dir, removed afterwards, whose
+                # multirun.yaml is /dev/null, so not even a kill -9 leaves it behind.
                 with tempfile.TemporaryDirectory(prefix="pgvault-multirun-") as sweep:
+                    os.symlink(os.devnull, os.path.join(sweep, "multirun.yaml"))
                     _run_hydra(config_dir, [*call.flags, *overrides, f"hydra.sweep.dir={sweep}"])
             else:
                 _run_hydra(config_dir, [*call.flags, *overrides])
@@ -126,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         from omegaconf.errors import OmegaConfBaseException
 
         if isinstance(e, HydraException | OmegaConfBaseException) or _from_hydra(e):
-            _fail(hydra_error_line(e, command), 2)
+            _fail(hydra_error_line(e, command), ConfigError.exit_code)
         raise
 
 
@@ -160,6 +197,8 @@ def _complete_command() -> bool:
     command word as a malformed override. Completing the command word itself is ours.
     Returns True when the completion was answered here.
     """
+    from pgvault.commands import SPECS
+
     line = os.environ.get("COMP_LINE")
     if line is None:
         return False
@@ -176,14 +215,24 @@ def _complete_command() -> bool:
 
 
 def _fail(line: str, code: int) -> NoReturn:
-    from pgvault.connection import mask_secrets
-
-    print(f"pgvault: error: {mask_secrets(line)}", file=sys.stderr)
+    _error(line)
     sys.exit(code)
+
+
+def _error(line: str) -> None:
+    """Print one error line: on one line, whatever the program that said it, and masked."""
+    print(f"pgvault: error: {masking.mask(one_line(line))}", file=sys.stderr)
 
 
 def hydra_error_line(e: BaseException, command: str = "backup") -> str:
     """Fold a Hydra/OmegaConf error and its cause into one line with a hint."""
+    return hydra_error(e, command).line()
+
+
+def hydra_error(e: BaseException, command: str = "backup") -> ConfigError:
+    """A Hydra/OmegaConf error and its cause as our ConfigError, on one line."""
+    from pgvault import arguments
+
     parts = []
     for ex in (e, e.__cause__):
         if ex is None:
@@ -197,8 +246,12 @@ def hydra_error_line(e: BaseException, command: str = "backup") -> str:
     if moved and moved.group(1) in arguments.MOVED:
         # A config file of pgvault 0.1: its command options now live in their node.
         new = arguments.MOVED[moved.group(1)]
-        return f"invalid configuration: {what} (in your conf files, {moved.group(1)} is now {new})"
-    return f"invalid configuration: {what} (see `pgvault --help` and `pgvault {command} --cfg job`)"
+        return ConfigError(
+            f"invalid configuration: {what}", f"in your conf files, {moved.group(1)} is now {new}"
+        )
+    return ConfigError(
+        f"invalid configuration: {what}", f"see `pgvault --help` and `pgvault {command} --cfg job`"
+    )
 
 
 def _run_hydra(config_dir: str, args: list[str]) -> None:
@@ -208,6 +261,7 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
     from pgvault import config
 
     config.register()
+    masking.register_resolver()
     # Our errors are kept here rather than raised through Hydra, which would print its
     # own "Error executing job" line; a multirun thus runs every job, then reports.
     failures: list[PgvaultError] = []
@@ -215,10 +269,16 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
     @hydra.main(version_base="1.3", config_path=config_dir, config_name="config")
     def app(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
+        from omegaconf.errors import OmegaConfBaseException
 
         choices = HydraConfig.get().runtime.choices
         try:
-            dispatch(config.to_typed(cfg), env_name=str(choices.get("env", "default")))
+            typed = config.to_typed(cfg)
+        except OmegaConfBaseException as e:  # a value only resolving it shows wrong
+            failures.append(hydra_error(e, str(cfg.get("command") or "backup")))
+            return
+        try:
+            dispatch(typed, env_name=str(choices.get("env", "default")))
         except PgvaultError as e:
             failures.append(e)
 
@@ -229,7 +289,7 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
     finally:
         sys.argv = saved
     for e in failures[:-1]:
-        print(f"pgvault: error: {e.line()}", file=sys.stderr)
+        _error(e.line())
     if failures:
         raise failures[-1]
 

@@ -11,20 +11,20 @@ from dataclasses import dataclass, field, replace
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pgvault import masking
 from pgvault.config import Profile, TargetConfig
-from pgvault.errors import ConfigError, DatabaseMissing, ServerError
+from pgvault.errors import ConfigError, DatabaseMissing, ServerError, one_line
 
 SUPABASE_LOCAL_PORT = "54322"  # `supabase start`'s database
-_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
-_KW_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_YAML_PASSWORD = re.compile(r"^(\s*password:\s*)(\S.*)$", re.MULTILINE | re.IGNORECASE)
+# Written for a URL: postgresql:// (or postgres://) and nothing else.
+_URL_SHAPED = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:/")
+_POSTGRES_URL = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
+_ENCODE_HINT = (
+    "percent-encode @ as %40, / as %2F, % as %25 and a space as %20 in the URL's user and password"
+)
 
-
-def mask_secrets(text: str) -> str:
-    """Return text with passwords in URLs, conninfo strings and YAML keys replaced by ****."""
-    text = _URL_PASSWORD.sub(r"\1****\3", text)
-    text = _KW_PASSWORD.sub(r"\1****", text)
-    return _YAML_PASSWORD.sub(r"\1****", text)
+# Kept for the modules that mask through connection; the masking lives in pgvault.masking.
+mask_secrets = masking.mask
 
 
 @dataclass(frozen=True)
@@ -87,21 +87,56 @@ def conn_for_target(target: TargetConfig) -> Conn:
 
 
 def conn_from_url(url: str, what: str = "database URL") -> Conn:
+    """Given a URL or key=value conninfo, return its Conn; ConfigError (one line, the
+    password masked however malformed the URL) when libpq could misread it."""
+    masking.remember_in(url)  # before any message can quote it
+    url_shaped = _URL_SHAPED.match(url) is not None
+    if url_shaped and not _POSTGRES_URL.match(url):
+        raise ConfigError(
+            f"{what} does not start with postgresql:// (nor postgres://)",
+            "write postgresql://user@host:port/dbname",
+        )
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as e:
+        raise _unreadable(what, url, str(e)) from None
+    except UnicodeDecodeError:  # a %-escape of a byte that is no UTF-8 (%a0)
+        raise ConfigError(f"{what} holds a %-escape that is not UTF-8", _ENCODE_HINT) from None
+    password = params.pop("password", None)
+    masking.remember(None if password is None else str(password))
+    if url_shaped and (
+        "@" in str(params.get("host") or "")
+        or "@" in str(params.get("dbname") or "")
+        or not re.fullmatch(r"[\d,]*", str(params.get("port") or ""))
+    ):
+        # libpq ends the password at the first @ or /: the rest became host or port.
         raise ConfigError(
-            f"{what} is not a valid connection string: {mask_secrets(str(e))}",
-            "use postgresql://user@host:port/dbname",
-        ) from None
+            f"{what} has an @ or / in its user or password, or a port that is not a number",
+            _ENCODE_HINT,
+        )
     if params.get("sslpassword"):
         raise ConfigError(
             f"{what} carries an sslpassword, which would show in `ps` as a program argument",
             "leave it out of the URL and put it in a service file (PGSERVICEFILE)",
         )
-    password = params.pop("password", None)
     rest = {k: str(v) for k, v in params.items() if v is not None}
     return Conn(make_conninfo(**rest), None if password is None else str(password))
+
+
+def _unreadable(what: str, url: str, message: str) -> ConfigError:
+    """libpq's complaint about a connection string, in our words where libpq would quote
+    the password; else on one line, masked, and without the fragments libpq quotes when
+    the string holds a password (`missing "=" after "ss"` may be the end of one)."""
+    if "unexpected spaces" in message:
+        return ConfigError(f"{what} holds a space", _ENCODE_HINT)
+    if "percent-encoded" in message:
+        return ConfigError(f"{what} holds a % that is not a %-escape", _ENCODE_HINT)
+    if masking.password_spans(url):
+        message = re.sub(r'"([^"]*)"', lambda m: '"="' if m[1] == "=" else '"…"', message)
+    return ConfigError(
+        f"{what} is not a valid connection string: {masking.mask(one_line(message))}",
+        "use postgresql://user@host:port/dbname",
+    )
 
 
 def connect(conn: Conn, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
@@ -124,12 +159,12 @@ def explain_connect_error(conn: Conn, message: str) -> ServerError:
             f"authentication failed for user '{conn.user}' at {conn.where}",
             "check the password in PGPASSWORD, ~/.pgpass or the target URL",
         )
-    if re.search(r'database "[^"]*" does not exist', msg):
+    if re.search(r'database ".*" does not exist', msg):  # the name may hold a "
         return DatabaseMissing(
             f"database '{conn.dbname}' does not exist on {conn.where}",
             "create it or pick another with target.url=... / PGDATABASE",
         )
-    if re.search(r'role "[^"]*" does not exist', msg):
+    if re.search(r'role ".*" does not exist', msg):
         return ServerError(
             f"role '{conn.user}' does not exist on {conn.where}",
             "connect as an existing role (PGUSER or the user in target.url)",

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
+
+def one_line(text: str) -> str:
+    """text on one line: libpq, psql and Hydra end a message with a second line (a hint,
+    a LINE excerpt) that would break the CLI's one-line errors."""
+    lines = [ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip()]
+    out = lines[0] if lines else ""
+    for ln in lines[1:]:
+        out += (" " if out.endswith((".", ":", ";", ",", "!", "?")) else "; ") + ln
+    return out
+
 
 class PgvaultError(Exception):
     """Something the user can fix: what is wrong, and how to fix it."""
@@ -9,6 +21,7 @@ class PgvaultError(Exception):
     exit_code = 1
 
     def __init__(self, what: str, hint: str = "") -> None:
+        what, hint = one_line(what), one_line(hint)
         super().__init__(what)
         self.what = what
         self.hint = hint

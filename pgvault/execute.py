@@ -98,7 +98,7 @@ def run(
         lines = [ln.strip() for ln in (res.stderr or res.stdout).splitlines() if ln.strip()]
         detail = mask_secrets(lines[-1]) if lines else f"exit status {res.returncode}"
         if res.returncode < 0:
-            detail = f"killed by signal {-res.returncode}" + (f": {detail}" if lines else "")
+            detail = ended_by(-res.returncode) + (f": {detail}" if lines else "")
         raise ClientProgramError(f"{name} failed: {detail}", hint)
     return Result(res.returncode, res.stdout, res.stderr)
 
@@ -170,14 +170,38 @@ class Stage:
 
 
 def stage_failure(name: str, code: int, stderr: str) -> ClientProgramError:
-    """The error for a stage that exited with code, naming its first error line."""
+    """The error for a stage that exited with code, naming its first error line.
+
+    A stage's stderr is captured, never shown: the line says what it said, or when it
+    said nothing, how it ended.
+    """
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     # The first error line says what went wrong; later ones are usually consequences.
     errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
-    detail = (errors or lines or [f"exit status {code}"])[0]
+    said = (errors or lines or [""])[0]
     if code < 0:
-        detail = f"killed by signal {-code}" + (f": {detail}" if lines else "")
-    return ClientProgramError(f"{name} failed: {detail}", "see the message above; nothing was kept")
+        detail = ended_by(-code) + (f": {said}" if said else "")
+        return ClientProgramError(f"{name} failed: {detail}", _SIGNAL_HINTS.get(-code, _KILLED))
+    if said:
+        return ClientProgramError(f"{name} failed: {said}", "nothing was kept")
+    return ClientProgramError(
+        f"{name} failed: exit status {code}, with no message", "nothing was kept"
+    )
+
+
+_KILLED = "it was stopped from outside pgvault; nothing was kept"
+_SIGNAL_HINTS: dict[int, str] = {
+    signal.SIGKILL: "killed from outside pgvault (the out-of-memory killer?); nothing was kept",
+    signal.SIGPIPE: "what it wrote into stopped reading; nothing was kept",
+}
+
+
+def ended_by(signum: int) -> str:
+    """'killed by signal 9 (SIGKILL)'."""
+    try:
+        return f"killed by signal {signum} ({signal.Signals(signum).name})"
+    except ValueError:
+        return f"killed by signal {signum}"
 
 
 @contextlib.contextmanager

@@ -264,7 +264,8 @@ def stream_into(
         except BrokenPipeError:
             sink.check()  # it stopped reading: its exit status and stderr say why
             raise ClientProgramError(
-                f"{sink.name} stopped reading its input", "see its messages above"
+                f"{sink.name} stopped reading its input and exited 0",
+                "run it again; if it keeps happening, report it",
             ) from None
         sink.check()
 

@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pgvault import config
+from pgvault import config, masking
 from pgvault.commands import SPECS
 from pgvault.connection import conn_for_target, mask_secrets
 from pgvault.errors import ConfigError, PgvaultError
@@ -97,6 +97,7 @@ def _plain(value: Any) -> Any:
 def show_config(config_dir: str, command: str, flags: list[str], overrides: list[str]) -> None:
     which, package, resolve = _parse(flags)
     config.register()
+    masking.register_resolver()  # the overrides' passwords are ${pgvault_secret:N}
     with initialize_config_dir(config_dir=config_dir, version_base="1.3", job_name="pgvault"):
         cfg = compose("config", overrides=overrides, return_hydra_config=which != "job")
     if which == "job":

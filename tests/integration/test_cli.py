@@ -3,8 +3,11 @@ litter, a non-editable install, and one-line errors for bad input."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from tests.conftest import (
     PASSWORD_USER,
     create_database,
     drop_database,
+    one_line_error,
     pgvault_env,
     run_pgvault,
     run_sql,
@@ -49,6 +53,8 @@ def test_help_lists_the_commands(tmp_path):
         (("backup", "retention.days=many"), "retention.days"),
         (("backup", "dir=relative"), "dir must be an absolute path"),
         (("backup", "dir=/x", "target.url='postgresql://u@h/d?sslpassword=k'"), "sslpassword"),
+        # Wrong only once resolved, inside Hydra's job: still one line, not Hydra's two.
+        (("backup", "target.url=${oc.env:PGVAULT_NO_SUCH_VAR}"), "PGVAULT_NO_SUCH_VAR"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):
@@ -203,3 +209,41 @@ def test_tab_completion_knows_commands_and_groups(tmp_path, line, expected):
     res = run_pgvault("-sc", "query=bash", env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert set(res.stdout.split()) == expected
+
+
+def _children(pid: int, name: bytes) -> list[int]:
+    """The pids of pid's children whose argv holds name."""
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and name in argv:
+            out.append(int(entry))
+    return out
+
+
+def test_a_killed_pg_dump_is_named_with_its_signal_not_a_message_above(big_db, backup_dir):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgvault", "backup", f"dir={backup_dir}"],
+        env=pgvault_env(big_db),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    dumps: list[int] = []
+    while not dumps and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if backup_dir.exists() and any(backup_dir.glob("*-data.sql.partial")):
+            dumps = _children(proc.pid, b"--data-only")
+        time.sleep(0.02)
+    assert dumps, "pg_dump of the data never started"
+    os.kill(dumps[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    line = one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    assert "pg_dump failed: killed by signal 9 (SIGKILL)" in line
+    assert "above" not in line

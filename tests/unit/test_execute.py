@@ -85,3 +85,54 @@ def test_a_stage_failure_names_its_first_error_line_even_after_much_stderr():
         st = execute.Stage(["sh", "-c", script], os.environ, stdout=execute.DEVNULL)
         running.append(st)
         st.check()
+
+
+def _stage_error(script: str) -> ClientProgramError:
+    with pytest.raises(ClientProgramError) as e, execute.stages() as running:
+        st = execute.Stage(["sh", "-c", script], os.environ, stdout=execute.DEVNULL)
+        running.append(st)
+        st.check()
+    return e.value
+
+
+def test_a_killed_stage_says_how_it_ended_and_points_to_no_message():
+    # Its stderr is captured, never shown: there is no "message above" to see.
+    e = _stage_error("kill -9 $$")
+    assert e.what == "sh failed: killed by signal 9 (SIGKILL)"
+    assert "above" not in e.line() and "out-of-memory" in e.hint
+    e = _stage_error("echo 'FATAL: gone' >&2; kill -TERM $$")
+    assert e.what == "sh failed: killed by signal 15 (SIGTERM): FATAL: gone"
+    assert "above" not in e.line()
+
+
+def test_a_silent_stage_failure_says_it_said_nothing():
+    e = _stage_error("exit 3")
+    assert e.what == "sh failed: exit status 3, with no message"
+    assert "above" not in e.line()
+
+
+def test_a_killed_short_program_names_its_signal():
+    with pytest.raises(ClientProgramError, match=r"^sh failed: killed by signal 9 \(SIGKILL\)$"):
+        execute.run(["sh", "-c", "kill -9 $$"])
+
+
+def test_a_multi_line_message_becomes_one_line():
+    with pytest.raises(ClientProgramError) as e:
+        execute.run(["sh", "-c", "exit 2"], hint="first\n  second")
+    assert e.value.line() == "sh failed: exit status 2 (first; second)"
+    e2 = _stage_error("printf 'psql: error: connection failed\\n\\tIs it up?\\n' >&2; exit 2")
+    assert "\n" not in e2.line()
+
+
+def test_the_debug_line_masks_a_password_the_run_knows_however_malformed(caplog):
+    from pgvault import masking
+
+    masking.reset()
+    masking.remember_in("target.url=postgresql://u:pa ss@wörd@h/d")
+    try:
+        with caplog.at_level(logging.DEBUG):
+            execute.run(["sh", "-c", "exit 0", "sh", "note: pa ss@wörd, pa%20ss%40w%C3%B6rd"])
+    finally:
+        masking.reset()
+    assert "pa ss@wörd" not in caplog.text and "pa%20ss" not in caplog.text
+    assert "note: ****, ****" in caplog.text
