@@ -32,12 +32,18 @@ def format_prefix(when: datetime) -> str:
     return when.astimezone(UTC).strftime(PREFIX_FORMAT)
 
 
+YEARS = (1970, 9998)
+
+
 def parse_prefix(prefix: str) -> datetime:
     """Given a set prefix, return its UTC time; ValueError if it is not a pgvault prefix."""
     m = _PREFIX_RE.fullmatch(prefix)
     if m is None:
         raise ValueError(f"not a pgvault prefix: {prefix!r}")
     y, mo, d, h, mi, s = (int(g) for g in m.groups())
+    if not YEARS[0] <= y <= YEARS[1]:
+        # Beyond these, converting to local time overflows (year 9999 east of UTC).
+        raise ValueError(f"not a pgvault prefix (year {y}): {prefix!r}")
     return datetime(y, mo, d, h, mi, s, tzinfo=UTC)
 
 

@@ -222,7 +222,10 @@ def file_chunks(
     """Yield the bytes of path[start:stop], through a decompressor if one is given
     (then the whole file). The decompressor's exit status is checked at the end."""
     if decompressor is not None:
-        stage = Stage([*decompressor, str(path)], env)
+        # The file goes in as stdin, opened here: given the path, gzip follows a symlink
+        # and zstd blocks forever on a fifo.
+        with open_regular(path) as source:
+            stage = Stage(list(decompressor), env, stdin=source)
         running.append(stage)
         assert stage.proc.stdout is not None
         while chunk := stage.proc.stdout.read(CHUNK):

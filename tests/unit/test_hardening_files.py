@@ -160,6 +160,35 @@ def test_file_chunks_does_not_read_through_a_symlink(bk, victim):
     assert isinstance(got, OSError)
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_decompressor_is_never_given_a_link_or_a_fifo(bk, victim, compression):
+    """Given a path, gzip follows a symlink and zstd blocks on a fifo forever: the file is
+    opened by pgvault and handed over as stdin, so neither can happen."""
+    import gzip as gz
+
+    from pgvault import clients
+
+    decompress = clients.decompressor(compression)
+    packed = bk.parent / "packed"
+    packed.write_bytes(gz.compress(SECRET) if compression == "gzip" else b"")
+    if compression == "zstd":
+        subprocess.run(["zstd", "-q", "-f", "-o", str(packed)], input=SECRET, check=True)
+    good = bk / "plain"
+    good.write_bytes(packed.read_bytes())
+    assert b"".join(pipeline.file_chunks(good, os.environ, [], decompressor=decompress)) == SECRET
+    link = bk / naming.file_name(PREFIX, "data", compression)
+    link.symlink_to(packed)
+    with pytest.raises(OSError):
+        list(pipeline.file_chunks(link, os.environ, [], decompressor=decompress))
+    link.unlink()
+    os.mkfifo(link)
+    got = finishes(
+        lambda: list(pipeline.file_chunks(link, os.environ, [], decompressor=decompress)),
+        open_fifo_writer(link),
+    )
+    assert isinstance(got, OSError)
+
+
 def test_the_writers_error_wins_over_a_compressor_that_died_meanwhile(tmp_path):
     """The compressor dies (SIGKILL) while the writer thread is stuck on a write that then
     fails: the write error is the cause to report, not "killed by signal 9"."""

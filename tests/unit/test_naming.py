@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pgvault import naming
 
 times = st.datetimes(
-    min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)
+    min_value=datetime(1970, 1, 1), max_value=datetime(9998, 12, 31), timezones=st.just(UTC)
 ).map(lambda t: t.replace(microsecond=0))
 zones = st.integers(-14 * 60, 14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 
@@ -77,3 +77,19 @@ def test_naive_datetimes_are_refused():
 
     with pytest.raises(ValueError):
         naming.format_prefix(datetime(2024, 1, 1))
+
+
+@given(st.integers(1, 9999), st.integers(-14 * 60, 14 * 60))
+def test_a_parsed_time_shows_in_any_time_zone(year, minutes):
+    """A name dated at the calendar's edge must not crash list or restore when they
+    show it in local time: such names are not pgvault's (the set is unparseable)."""
+    prefix = f"backup-{year:04d}-12-31-235959"
+    try:
+        t = naming.parse_prefix(prefix)
+    except ValueError:
+        assert not naming.YEARS[0] <= year <= naming.YEARS[1]
+        return
+    assert t.astimezone(timezone(timedelta(minutes=minutes))).year in (year, year + 1)
+    assert t.replace(month=1, day=1, hour=0, minute=0, second=0).astimezone(
+        timezone(timedelta(minutes=minutes))
+    )
