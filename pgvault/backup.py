@@ -18,7 +18,17 @@ from typing import Any, cast
 
 import psycopg
 
-from pgvault import __version__, catalog, clients, locks, naming, pipeline, profiles, retention
+from pgvault import (
+    __version__,
+    catalog,
+    clients,
+    locks,
+    naming,
+    pipeline,
+    profiles,
+    retention,
+    sources,
+)
 from pgvault.config import PgvaultConfig
 from pgvault.connection import Conn, conn_for_target, connect
 from pgvault.dumpstream import CopyStats
@@ -177,7 +187,9 @@ def _write_set(
     partial = {k: p.with_name(p.name + naming.PARTIAL_SUFFIX) for k, p in final.items()}
     ui.note(f"Backing up {conn.dbname} at {conn.where} (target {cfg.target.name})...")
     ui.note(f"Profile: {profile} ({why})")
-    estimate = estimate_size(directory, cfg.target.name, conn.dbname, pg)
+    estimate = estimate_size(
+        directory, sources.at(conn.where, conn.dbname, socket.gethostname()), pg
+    )
     try:
         snapshot, facts, stats, tables = _dump(
             ui, pg, conn, programs, partial, compressor, profile, estimate,
@@ -340,17 +352,13 @@ class ByteCount:
 
 
 def estimate_size(
-    directory: Path, target: str, database: str, pg: psycopg.Connection[tuple[Any, ...]]
+    directory: Path, source: sources.Source, pg: psycopg.Connection[tuple[Any, ...]]
 ) -> int | None:
-    """The data dump's likely size: the previous regular set of this database's, else the
+    """The data dump's likely size: the previous regular set of this source's, else the
     size of its tables (a dump is text, so this is only a guide)."""
     for bset in catalog.scan(directory):
         m = bset.manifest
-        if (
-            bset.complete
-            and m is not None
-            and (m.target, m.database, m.kind) == (target, database, "regular")
-        ):
+        if bset.complete and m is not None and m.kind == "regular" and bset.source == source:
             if m.data_raw_bytes is not None:
                 return m.data_raw_bytes
             if m.compression == "none":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,6 +82,9 @@ SYSTEM_DIRS = frozenset(
      "/var/lib", "/var/lock", "/var/run"]
 )  # fmt: skip
 PSEUDO_FS = ("/dev", "/proc", "/sys")
+# Nothing under these either (the system's programs and settings); /usr/local is the
+# administrator's own.
+SYSTEM_TREES = ("/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/sbin", "/usr")
 
 
 def system_dir(path: Path) -> str | None:
@@ -95,8 +99,8 @@ def system_dir(path: Path) -> str | None:
             return "the filesystem root"
         if text in SYSTEM_DIRS or text in PSEUDO_FS:
             return f"the system directory {text}"
-        for top in PSEUDO_FS:
-            if text.startswith(top + "/"):
+        for top in PSEUDO_FS + SYSTEM_TREES:
+            if text.startswith(top + "/") and not (text + "/").startswith("/usr/local/"):
                 return f"inside {top}"
     return None
 
@@ -276,8 +280,11 @@ def file_problems(bset: BackupSet, *, checksums: bool) -> list[str]:
             continue
         short = path.name.removeprefix(bset.prefix + "-")
         try:
-            size = os.lstat(path).st_size
-            if size != entry.size:
+            st = os.lstat(path)
+            size = st.st_size
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{short} is not a plain file")
+            elif size != entry.size:
                 problems.append(f"{short} is {size} bytes, the manifest says {entry.size}")
             elif checksums and _sha256(path) != entry.sha256:
                 problems.append(f"{short} does not match its sha256 in the manifest")

@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ PREFIX = "pgvault-cluster-"
 # A cluster directory: the pid of the process that owns it, then mkdtemp's random part.
 _OURS = re.compile(PREFIX + r"([1-9][0-9]{0,9})-[A-Za-z0-9_]{8}")
 _LOCK = "owner.lock"
+_YOUNG = 60.0  # seconds: a cluster dir this new without its lock may still be starting
 
 
 def make(parent: Path) -> tuple[Path, int]:
@@ -62,7 +64,11 @@ def reap(parent: Path, owners: set[int | None], stop: Callable[[Path], None]) ->
         try:
             fd = os.open(root / _LOCK, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
-            fd = -1  # killed before it took the lock: its dead pid decides
+            # Killed before it took the lock, or (pids are per namespace) another's cluster
+            # that is just starting: only an old one is taken for an orphan.
+            if time.time() - st.st_mtime < _YOUNG:
+                continue
+            fd = -1
         except OSError:
             continue
         try:

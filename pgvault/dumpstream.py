@@ -199,9 +199,6 @@ class RolesRewriter:
         out = bytearray()
         i = 0
         while i < len(data):
-            rest = data[i : i + len(_CREATE_WORDS)]
-            if not final and len(rest) < len(_CREATE_WORDS) and _CREATE_WORDS.startswith(rest):
-                break  # maybe a CREATE ROLE whose rest comes next
             end = _line_end(data, i, final)
             if end is None:
                 break

@@ -255,7 +255,8 @@ def _create_database(partial: Conn, final: Conn) -> None:
 
 
 def _rename_database(partial: Conn, final: Conn) -> None:
-    with connect(final.with_dbname("postgres"), autocommit=True) as pg:
+    """Give the loaded database its name and drop the mark, both or neither."""
+    with connect(final.with_dbname("postgres")) as pg:
         try:
             pg.execute(
                 sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
@@ -265,6 +266,7 @@ def _rename_database(partial: Conn, final: Conn) -> None:
             pg.execute(
                 sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(final.dbname))
             )
+            pg.commit()
         except psycopg.Error as e:
             raise PgvaultError(
                 f"the restored database could not be renamed to {final.dbname}: {_first_line(e)}",
@@ -274,7 +276,8 @@ def _rename_database(partial: Conn, final: Conn) -> None:
 
 def _drop_leftover(partial: Conn, dbname: str) -> None:
     """Remove what a killed restore into dbname left: the partial database, when it
-    carries pgvault's mark. A restore still loading into it keeps it (the drop fails)."""
+    carries pgvault's mark, or holds nothing at all (killed before the mark was set). A
+    restore still loading into it keeps it (the drop fails)."""
     with connect(partial.with_dbname("postgres"), autocommit=True) as pg:
         row = pg.execute(
             "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database"
@@ -283,7 +286,7 @@ def _drop_leftover(partial: Conn, dbname: str) -> None:
         ).fetchone()
         if row is None:
             return
-        if row[0] != _marker(dbname):
+        if row[0] != _marker(dbname) and not _holds_nothing(partial):
             raise Refused(
                 f"a database named {partial.dbname} exists and is not pgvault's",
                 "rename or drop it; pgvault loads a new database under that name first",
@@ -295,6 +298,14 @@ def _drop_leftover(partial: Conn, dbname: str) -> None:
                 f"another restore into {dbname} seems to be running: {_first_line(e)}",
                 "wait for it to finish",
             ) from None
+
+
+def _holds_nothing(conn: Conn) -> bool:
+    from pgvault.scratch import USER_OBJECTS
+
+    with connect(conn, autocommit=True) as pg:
+        row = pg.execute(USER_OBJECTS).fetchone()
+    return row is not None and row[0] == 0
 
 
 def _drop_database(ui: Listener, conn: Conn, server_major: int) -> bool:

@@ -37,7 +37,7 @@ THROWAWAY_SETTINGS = {"wal_level": "minimal", "max_wal_senders": "0"}
 # the parts of another: extension members, array and row types, a view's rule, a
 # constraint's index... The `public` schema and plpgsql are initdb's (a wipe remakes
 # public). Large objects are described through pg_largeobject, as pg_depend names them.
-_USER_OBJECTS = """
+USER_OBJECTS = """
 WITH o(classid, objid) AS (
     SELECT 'pg_namespace'::regclass, oid FROM pg_catalog.pg_namespace
         WHERE oid >= 16384 AND nspname <> 'public' AND nspname !~ '^pg_(toast_)?temp_'
@@ -205,7 +205,7 @@ def _setup_failure(tmpdir: Path, prefix: str) -> Iterator[None]:
         yield
     except psycopg.Error as e:
         what = first_line(e)
-        why, hint = could_not_run(what, tmpdir, "") or (what, "see the message")
+        why, hint = could_not_run(what, tmpdir, "") or (what, "fix the cause and verify again")
         raise ServerError(f"verify of {prefix} could not run: {why}", hint) from None
 
 
@@ -224,7 +224,7 @@ def _scratch_target(cfg: PgvaultConfig, bset: BackupSet) -> Iterator[Scratch]:
             server_major = pg.info.server_version // 10000
             superuser = pg.info.parameter_status("is_superuser") == "on"
             user = pg.info.user
-            row = pg.execute(_USER_OBJECTS).fetchone()
+            row = pg.execute(USER_OBJECTS).fetchone()
     except psycopg.Error as e:
         raise ServerError(
             f"cannot read what verify.target {conn.dbname} at {conn.where} holds: {first_line(e)}",

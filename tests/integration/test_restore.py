@@ -649,10 +649,31 @@ def test_a_restore_killed_while_creating_leaves_no_database(big_set, other_clust
         drop_database(other_cluster, name)
 
 
-def test_a_database_named_like_the_partial_one_is_left_alone(feature_set, other_cluster):
+def test_an_unmarked_empty_partial_database_is_a_leftover(feature_set, other_cluster):
+    """A restore killed between CREATE DATABASE and its mark leaves an empty database
+    under the partial name; the next restore clears it and completes."""
     name = f"created_{uuid.uuid4().hex[:10]}"
     partial = restore_module.partial_name(name)
     run_sql(other_cluster.conn(), f'CREATE DATABASE "{partial}"')
+    res = restore(
+        other_cluster.conn(), feature_set.directory, feature_set.prefix, "yes=true",
+        f"restore.target={name}", "restore.create_database=true",
+    )  # fmt: skip
+    try:
+        assert res.returncode == 0, res.stderr
+        assert database_exists(other_cluster, name)
+        assert not database_exists(other_cluster, partial)
+    finally:
+        drop_database(other_cluster, name)
+        drop_database(other_cluster, partial)
+
+
+def test_a_database_named_like_the_partial_one_is_left_alone(feature_set, other_cluster):
+    """Unmarked and holding something: not a leftover of pgvault's, so never dropped."""
+    name = f"created_{uuid.uuid4().hex[:10]}"
+    partial = restore_module.partial_name(name)
+    run_sql(other_cluster.conn(), f'CREATE DATABASE "{partial}"')
+    run_sql(other_cluster.conn().with_dbname(partial), "CREATE TABLE mine (x int)")
     try:
         res = restore(
             other_cluster.conn(), feature_set.directory, feature_set.prefix, "yes=true",

@@ -486,7 +486,11 @@ def test_only_what_is_certainly_an_orphan_is_reaped(tmp_path, server_programs):
     orphan = parent / f"{clusterdirs.PREFIX}{dead}-orphan01"
     (orphan / "data").mkdir(parents=True)
     (orphan / "data" / "PG_VERSION").write_text("15\n")
+    hour_ago = time.time() - 3600
+    os.utime(orphan, (hour_ago, hour_ago))  # no owner lock: only an old one is an orphan
     kept = {
+        # no owner lock yet, and new: perhaps another namespace's cluster starting
+        "young": parent / f"{clusterdirs.PREFIX}{dead}-young001",
         # owned by another user
         "foreign": parent / f"{clusterdirs.PREFIX}{dead}-foreign1",
         # its owner still runs
@@ -499,6 +503,8 @@ def test_only_what_is_certainly_an_orphan_is_reaped(tmp_path, server_programs):
     for path in kept.values():
         path.mkdir()
         (path / "keep").write_text("x")
+    for key in ("foreign", "alive", "locked"):
+        os.utime(kept[key], (hour_ago, hour_ago))
     nobody = pwd.getpwnam("nobody")
     os.chown(kept["foreign"], nobody.pw_uid, nobody.pw_gid)
     outside = tmp_path / "outside"

@@ -164,3 +164,16 @@ def test_hydra_errors_fold_into_one_line():
     line = hydra_error_line(info.value)
     assert "\n" not in line
     assert "prot" in line and "TargetConfig" in line
+
+
+def test_every_packaged_env_that_locks_restores_says_so_itself():
+    """An env that picks a locked restore policy also sets restore.allowed itself, so a
+    `restore=default` on the command line cannot unlock it."""
+    import yaml
+
+    for path in sorted((packaged_conf_dir() / "env").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text()) or {}
+        picks = [d for d in doc.get("defaults", []) if isinstance(d, dict)]
+        locked = any(d.get("override /restore") == "locked" for d in picks)
+        if locked:
+            assert doc.get("restore", {}).get("allowed") is False, path.name
