@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pgvault.store import alive
+
 log = logging.getLogger(__name__)
 
 PREFIX = "pgvault-cluster-"
@@ -58,7 +60,7 @@ def reap(parent: Path, owners: set[int | None], stop: Callable[[Path], None]) ->
             continue
         if m is None or not stat.S_ISDIR(st.st_mode) or st.st_uid not in owners:
             continue
-        if _alive(int(m[1])):
+        if alive(int(m[1])):
             continue
         root = Path(entry.path)
         try:
@@ -88,21 +90,6 @@ def reap(parent: Path, owners: set[int | None], stop: Callable[[Path], None]) ->
                 os.close(fd)
         reaped.append(root)
     return reaped
-
-
-def _alive(pid: int) -> bool:
-    """Whether pid runs (a zombie, killed and not yet waited for, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        pass  # it exists, as another user's
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc here: it exists
-    return stat_line.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def postmaster(datadir: Path) -> int | None:

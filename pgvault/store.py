@@ -271,21 +271,24 @@ def _holder(fd: int) -> str:
         except OSError:
             return "run"
         m = _HOLDER_RE.fullmatch(text)
-        if m and _alive(int(m[1])):
+        if m and alive(int(m[1])):
             return text
         time.sleep(0.05)
     return "run"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process pid runs (a zombie, killed and not yet waited for, does not)."""
     if pid <= 0:
         return False  # kill(0) would ask about our own process group
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
-        return True  # another user's process
-    except OverflowError:
-        return False
-    return True
+        pass  # it exists, as another user's
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc here: it exists
+    return stat_line.rpartition(")")[2].split()[:1] != ["Z"]
