@@ -232,7 +232,7 @@ def clean_env(tmp_path_factory):
 _baselines: dict[tuple[str, bool], str] = {}
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=st.sampled_from(SHAPES), pw=passwords(), quoted=st.booleans())
 def test_no_output_of_the_cli_holds_the_password(clean_env, shape, pw, quoted):
     def value(secret: str) -> str:
