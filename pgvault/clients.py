@@ -168,7 +168,12 @@ def pg_dump_data_args(conninfo: str, snapshot: str, lock_wait_ms: int) -> list[s
 
 
 def psql_args(conninfo: str, *extra: str) -> list[str]:
-    return ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", f"--dbname={conninfo}", *extra]
+    """VERBOSITY=verbose: an error names its SQLSTATE, which tells a bad set from a
+    resource failure more surely than the message's words."""
+    return [
+        "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "--no-password",
+        f"--dbname={conninfo}", *extra,
+    ]  # fmt: skip
 
 
 COMPRESSORS = {"gzip": ["gzip", "-c", "-6"], "zstd": ["zstd", "-q", "-c", "-3", "-T0"]}

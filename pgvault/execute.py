@@ -177,7 +177,12 @@ def stage_failure(name: str, code: int, stderr: str) -> ClientProgramError:
     """
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     # The first error line says what went wrong; later ones are usually consequences.
-    errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
+    # psql's verbose LOCATION lines name C functions ("DropErrorMsgNonExistent", after a
+    # mere NOTICE): they are never the error itself.
+    errors = [
+        ln for ln in lines
+        if ("error" in ln.lower() or "fatal" in ln.lower()) and not ln.startswith("LOCATION:")
+    ]  # fmt: skip
     said = (errors or lines or [""])[0]
     if code < 0:
         detail = ended_by(-code) + (f": {said}" if said else "")

@@ -86,6 +86,13 @@ _SYSTEM = ("Too many open files", "out of file descriptors", "Read-only file sys
            "Input/output error")  # fmt: skip
 # Someone else's session, or the scratch server's own limits, stopped a statement.
 _BUSY = ("canceling statement due to", "deadlock detected")
+# psql runs with VERBOSITY=verbose, so a server error carries its SQLSTATE. Only these say
+# nothing about the set: resources (53), operator intervention (57), system errors (58,
+# missing extension files among them), connections (08), what this server does not support
+# (0A: an extension it lacks), a lock not available, deadlock.
+# Any other code decides against the set, whatever its text quotes from the set.
+_SQLSTATE = re.compile(r"\b(?:ERROR|FATAL|PANIC):\s+([0-9A-Z]{5}):")
+_NOT_THE_SETS = ("53", "57", "58", "08", "0A", "55P03", "40P01")
 
 
 @dataclass
@@ -111,6 +118,9 @@ def could_not_run(what: str, tmpdir: Path | None, where: str) -> tuple[str, str]
     that went away, a set file gone. None: it may be the set's fault. Quoted parts of the
     text (values and names from the set) are not read. tmpdir: where the throwaway
     cluster is (None: the scratch server at where)."""
+    code = _SQLSTATE.search(what)
+    if code is not None and not code[1].startswith(_NOT_THE_SETS):
+        return None  # the server named an error of the data or the schema: the set's
     text = re.sub(r'"[^"\n]*"', '""', what)
     if "extension control file" in text or '" is not available' in text:
         return what, INSTALL_EXTENSION

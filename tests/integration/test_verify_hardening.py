@@ -549,6 +549,18 @@ def test_a_value_from_the_set_never_makes_a_damaged_set_could_not_run(value):
     assert could_not_run(what, None, "h:5432") is None
 
 
+@given(a=st.text(max_size=8), marker=st.sampled_from(MARKERS), b=st.text(max_size=8))
+def test_with_its_sqlstate_no_value_makes_a_damaged_set_could_not_run(a, marker, b):
+    """PostgreSQL does not escape a quote inside a quoted value: the text alone can be
+    made to read like a full disk. The SQLSTATE psql prints (VERBOSITY=verbose) cannot."""
+    value = f'{a}" {marker}: "{b}'
+    for code in ("22P02", "23505", "42601", "XX001"):
+        what = f'psql:<stdin>:9: ERROR:  {code}: invalid input syntax for type integer: "{value}"'
+        assert could_not_run(what, Path("/tmp"), "h:5432") is None, what
+    full = 'psql:<stdin>:9: ERROR:  53100: could not extend file "base/1/2": No space left'
+    assert could_not_run(full, None, "h:5432") is not None
+
+
 @given(name=st.text(st.characters(exclude_characters='"\n'), max_size=30))
 def test_no_space_is_could_not_run_whatever_the_file(name):
     what = (

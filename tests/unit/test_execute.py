@@ -136,3 +136,16 @@ def test_the_debug_line_masks_a_password_the_run_knows_however_malformed(caplog)
         masking.reset()
     assert "pa ss@wörd" not in caplog.text and "pa%20ss" not in caplog.text
     assert "note: ****, ****" in caplog.text
+
+
+def test_a_notices_location_line_is_not_taken_for_the_error():
+    """psql with VERBOSITY=verbose follows every message, a NOTICE too, with a LOCATION
+    line naming a C function, which may well be called ...Error...."""
+    stderr = (
+        'psql:<stdin>:3: NOTICE:  00000: table "gone" does not exist, skipping\n'
+        "LOCATION:  DropErrorMsgNonExistent, tablecmds.c:1337\n"
+        'psql:<stdin>:9: ERROR:  42703: column "is_anonymous" does not exist\n'
+        "LOCATION:  errorMissingColumn, parse_relation.c:3650\n"
+    )
+    e = execute.stage_failure("psql", 3, stderr)
+    assert e.what.endswith('ERROR:  42703: column "is_anonymous" does not exist')
