@@ -313,7 +313,7 @@ def test_disk_full_removes_the_partial_set(big_db, small_db, backup_dir, compres
     it (that race made gzip say "killed by signal 9" every time)."""
     assert run_pgvault("backup", f"dir={backup_dir}", env=pgvault_env(small_db)).returncode == 0
     (prefix,) = sets_in(backup_dir)
-    _copy_set(backup_dir, prefix, "backup-2001-01-01-000000")
+    copy_set(backup_dir, prefix, "backup-2001-01-01-000000")
     before = digest(backup_dir)
 
     def small_disk() -> None:
@@ -376,7 +376,7 @@ def test_password_stays_out_of_argv_files_and_config(big_db, pg_cluster, backup_
     assert shown.returncode == 0 and PASSWORD not in shown.stdout and "****" in shown.stdout
 
 
-def _copy_set(directory: Path, prefix: str, new_prefix: str) -> None:
+def copy_set(directory: Path, prefix: str, new_prefix: str) -> None:
     for p in directory.glob(f"{prefix}-*"):
         target = directory / p.name.replace(prefix, new_prefix)
         if p.name.endswith("-manifest.json"):
@@ -394,7 +394,7 @@ def test_retention_runs_after_success_and_never_after_failure(small_db, backup_d
     assert run_pgvault("backup", f"dir={backup_dir}", env=env).returncode == 0
     (prefix,) = sets_in(backup_dir)
     old = "backup-2001-01-01-000000"
-    _copy_set(backup_dir, prefix, old)
+    copy_set(backup_dir, prefix, old)
     (backup_dir / "notes.txt").write_text("mine")
     (backup_dir / "backup-2001-01-01-000000-data.sql.bak").write_text("also mine")
 

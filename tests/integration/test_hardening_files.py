@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from tests.conftest import (
     run_pgvault,
     run_sql,
 )
+from tests.integration.test_backup import copy_set
 from tests.unit.test_hardening_files import fill, tmpfs
 
 SECRET = b"the victim's own bytes\n"
@@ -58,19 +58,6 @@ def backup(conn: Conn, directory: Path, *args: str) -> str:
     assert res.returncode == 0, res.stderr
     (new,) = {p.name for p in directory.glob("*-manifest.json")} - before
     return new.removesuffix("-manifest.json")
-
-
-def copy_set(directory: Path, prefix: str, new_prefix: str) -> None:
-    for p in directory.glob(f"{prefix}-*"):
-        target = directory / p.name.replace(prefix, new_prefix)
-        if p.name.endswith("-manifest.json"):
-            m = json.loads(p.read_text())
-            m["prefix"] = new_prefix
-            for f in m["files"].values():
-                f["name"] = f["name"].replace(prefix, new_prefix)
-            target.write_text(json.dumps(m))
-        else:
-            shutil.copy(p, target)
 
 
 def no_traceback(res: subprocess.CompletedProcess[str]) -> None:

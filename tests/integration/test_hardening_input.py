@@ -3,13 +3,38 @@ holds locked makes a backup give up after table_lock_timeout, naming the table."
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pgvault.connection import connect
+from pgvault.connection import Conn, connect
 from tests.conftest import one_line_error, pgvault_env, run_pgvault, run_sql
+
+
+@contextlib.contextmanager
+def holding(conn: Conn, statement: str) -> Iterator[None]:
+    """Run statement in another session's open transaction, which keeps its locks until
+    the block ends."""
+    release, locked = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with connect(conn) as pg:
+            pg.execute(statement)
+            locked.set()
+            release.wait(120)
+            pg.rollback()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        yield
+    finally:
+        release.set()
+        holder.join()
 
 
 @pytest.mark.parametrize(
@@ -35,26 +60,10 @@ def test_a_locked_table_makes_the_backup_give_up_and_name_it(empty_db, tmp_path:
     run_sql(empty_db, "CREATE TABLE busy (id int); CREATE TABLE calm (id int)")
     directory = tmp_path / "bk"
     env = pgvault_env(empty_db)
-    release = threading.Event()
-    locked = threading.Event()
-
-    def hold() -> None:
-        with connect(empty_db) as pg:
-            pg.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
-            locked.set()
-            release.wait(120)
-            pg.rollback()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert locked.wait(30)
+    with holding(empty_db, "LOCK TABLE busy IN ACCESS EXCLUSIVE MODE"):
         res = run_pgvault(
             "backup", f"dir={directory}", "backup.table_lock_timeout=2", env=env, timeout=120
         )
-    finally:
-        release.set()
-        holder.join()
     line = one_line_error(res)
     assert "public.busy" in line and "locked by another session" in line
     assert "backup.table_lock_timeout" in line
@@ -88,26 +97,12 @@ def test_a_locked_table_makes_the_restore_give_up_and_change_nothing(empty_db, t
     res = run_pgvault("backup", f"dir={directory}", "quiet=true", env=env)
     assert res.returncode == 0, res.stderr
     run_sql(empty_db, "INSERT INTO notes VALUES (3)")
-    release, locked = threading.Event(), threading.Event()
-
-    def reader() -> None:
-        with connect(empty_db) as pg:
-            pg.execute("SELECT count(*) FROM notes")  # ACCESS SHARE until the rollback
-            locked.set()
-            release.wait(120)
-            pg.rollback()
-
-    holder = threading.Thread(target=reader)
-    holder.start()
-    try:
-        assert locked.wait(30)
+    # ACCESS SHARE on notes until that transaction ends.
+    with holding(empty_db, "SELECT count(*) FROM notes"):
         res = run_pgvault(
             "restore", f"dir={directory}", "prefix=latest", "yes=true",
             "restore.safety_backup=false", "restore.table_lock_timeout=2", env=env, timeout=120,
         )  # fmt: skip
-    finally:
-        release.set()
-        holder.join()
     line = one_line_error(res)
     assert "public.notes" in line and "restore.table_lock_timeout" in line
     assert f"{empty_db.dbname} is unchanged" in line
