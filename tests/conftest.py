@@ -7,8 +7,10 @@ here with initdb in a temp dir, on a free loopback port and a private socket dir
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +185,13 @@ def plain_psql_restore(psql: str, conninfo: str, files: dict[str, Path]) -> None
 @pytest.fixture
 def backup_dir(tmp_path) -> Path:
     return tmp_path / "backups"
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    """A TMPDIR for verify's throwaway cluster that the postgres user can enter (pytest's
+    own temp dirs are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="pgvault-test-tmp-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

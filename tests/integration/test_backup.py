@@ -262,7 +262,7 @@ def test_client_programs_older_than_the_server_are_refused(small_db, backup_dir,
     assert not backup_dir.exists()
 
 
-def _start_backup(conn, backup_dir: Path, **popen: object) -> subprocess.Popen[str]:
+def start_backup(conn, backup_dir: Path, **popen: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pgvault", "backup", f"dir={backup_dir}"],
         env=pgvault_env(conn),
@@ -289,7 +289,7 @@ def _wait_for_partial_data(backup_dir: Path, proc: subprocess.Popen[str], size: 
 def test_kill_9_during_the_data_dump_leaves_no_complete_looking_set(big_db, small_db, backup_dir):
     assert run_pgvault("backup", f"dir={backup_dir}", env=pgvault_env(small_db)).returncode == 0
     before = digest(backup_dir)
-    proc = _start_backup(big_db, backup_dir)
+    proc = start_backup(big_db, backup_dir)
     _wait_for_partial_data(backup_dir, proc, 2 << 20)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -329,7 +329,7 @@ def test_disk_full_removes_the_partial_set(big_db, small_db, backup_dir, compres
 
 
 def test_two_concurrent_backups(big_db, backup_dir):
-    first = _start_backup(big_db, backup_dir)
+    first = start_backup(big_db, backup_dir)
     _wait_for_partial_data(backup_dir, first, 1 << 20)
     # Freeze the first mid-dump, so the second surely starts while it runs.
     first.send_signal(signal.SIGSTOP)

@@ -22,6 +22,7 @@ from tests.conftest import (
     run_pgvault,
     run_sql,
 )
+from tests.integration.test_backup import start_backup
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -226,14 +227,7 @@ def _children(pid: int, name: bytes) -> list[int]:
 
 
 def test_a_killed_pg_dump_is_named_with_its_signal_not_a_message_above(big_db, backup_dir):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgvault", "backup", f"dir={backup_dir}"],
-        env=pgvault_env(big_db),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = start_backup(big_db, backup_dir)
     deadline = time.monotonic() + 120
     dumps: list[int] = []
     while not dumps and time.monotonic() < deadline:

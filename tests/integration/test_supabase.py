@@ -11,7 +11,6 @@ import re
 import resource
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,15 +262,6 @@ def test_a_supabase_set_is_not_restored_into_a_plain_database(pg_cluster, crm_se
     res = restore(target, crm_set)
     line = one_line_error(res)
     assert "is not a Supabase database" in line or "is not one" in line
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    """A TMPDIR the postgres user can enter, for verify's throwaway cluster."""
-    path = Path(tempfile.mkdtemp(prefix="pgvault-sb-test-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def verify(directory: Path, prefix: str, tmp: Path) -> subprocess.CompletedProcess[str]:

@@ -11,9 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,16 +80,6 @@ def rewrite_manifest_checksums(directory: Path) -> None:
 def verify_record(directory: Path) -> dict:
     (path,) = directory.glob("backup-*-verify.json")
     return json.loads(path.read_text())
-
-
-@pytest.fixture
-def tmp(tmp_path) -> Iterator[Path]:
-    """A TMPDIR for verify's cluster that the postgres user can enter (pytest's own
-    temp dirs are private to root), checked empty by assert_cleaned_up."""
-    path = Path(tempfile.mkdtemp(prefix="pgvault-verify-test-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def verify(directory: Path, *args: str, tmp: Path) -> subprocess.CompletedProcess[str]:

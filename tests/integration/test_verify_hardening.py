@@ -49,15 +49,6 @@ from tests.integration.test_verify import (
 EXIT_CONFIG = 2
 
 
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    """A TMPDIR for verify's cluster that the postgres user can enter."""
-    path = Path(tempfile.mkdtemp(prefix="pgvault-hardening-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def backup_of(conn: Conn, directory: Path, *args: str) -> Path:
     res = run_pgvault("backup", f"dir={directory}", "quiet=true", *args, env=pgvault_env(conn))
     assert res.returncode == 0, res.stderr
