@@ -28,6 +28,7 @@ from pgvault import (
     profiles,
     retention,
     sources,
+    space,
 )
 from pgvault.config import PgvaultConfig
 from pgvault.connection import Conn, conn_for_target, connect
@@ -138,6 +139,11 @@ def take_backup(
             server_major, conn.where, clients.CLIENT_PROGRAMS, cfg.clients.bindir
         )
         profile = profiles.choose(pg, cfg.target.profile, conn.dbname)
+        if cfg.monitor.min_free is not None:
+            planned = catalog.backup_dir(cfg.dir, create=False)
+            source = sources.at(conn.where, conn.dbname, socket.gethostname())
+            need = space.expected_size(planned, source, pg, compression)
+            space.check_room(planned, need, cfg.monitor.min_free)
         directory = catalog.backup_dir(cfg.dir, create=True)
         with catalog.locked(directory, timeout=cfg.lock_timeout, what="backup"):
             remove_stale_partials(directory)

@@ -118,6 +118,85 @@ class ShowOptions:
     format: OutputFormat = OutputFormat.text
 
 
+class ScheduleVerify(Enum):
+    none = "none"
+    after = "after"  # every scheduled backup also verifies its set
+    weekly = "weekly"  # a second entry verifies the newest set once a week
+
+
+@dataclass
+class ScheduleOptions:
+    """schedule: when the backup runs, and what `pgvault schedule` installs."""
+
+    # Daily at HH:MM local time; `cron` (five fields) replaces it when set.
+    at: str = "02:00"
+    cron: str | None = None
+    verify: ScheduleVerify = ScheduleVerify.none
+    # When verify=weekly: the verify entry's time, as a cron expression.
+    verify_cron: str = "30 4 * * 0"
+    # Seconds systemd may delay a run at random, so many machines do not start at once.
+    randomized_delay: int = 600
+    install: bool = False
+    uninstall: bool = False
+
+
+@dataclass
+class StatusOptions:
+    format: OutputFormat = OutputFormat.text
+
+
+@dataclass
+class MonitorConfig:
+    """Thresholds of `pgvault status` and of backup's space check. Durations: 90s, 30m,
+    26h, 8d, 2w; sizes: 512KB, 64MB, 2GB (1024-based); null switches a check off."""
+
+    max_age: str | None = "26h"
+    max_unverified_age: str | None = "8d"
+    # Free space a backup leaves beyond its set's expected size, or it refuses to start.
+    min_free: str | None = "64MB"
+
+
+@dataclass
+class HooksConfig:
+    """Commands run around backup, restore, verify and prune. Each is split like a shell
+    line but run without one; the run is described in PGVAULT_* environment variables."""
+
+    before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    on_failure: list[str] = field(default_factory=list)
+    # Seconds a hook command may run before it is killed.
+    timeout: float = 300.0
+
+
+class NotifyWhen(Enum):
+    failure = "failure"
+    always = "always"
+
+
+@dataclass
+class NotifyConfig:
+    """Pings in healthchecks.io's style (URL/start, URL, URL/fail) and Apprise URLs."""
+
+    ping_url: str | None = None
+    apprise: list[str] = field(default_factory=list)
+    apprise_on: NotifyWhen = NotifyWhen.failure
+    # Per attempt; a notifier that is down or slow gets one retry, then a warning.
+    timeout: float = 10.0
+    retries: int = 1
+
+
+@dataclass
+class MetricsConfig:
+    # node_exporter's textfile collector reads this file (absolute path, *.prom).
+    textfile: str | None = None
+
+
+@dataclass
+class LogConfig:
+    # Absolute path: one JSON line per run is appended (the scheduled entry's log).
+    file: str | None = None
+
+
 @dataclass
 class ClientsConfig:
     # Directory holding pg_dump/psql (and initdb/postgres for verify); null: search.
@@ -143,6 +222,13 @@ class PgvaultConfig:
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     show: ShowOptions = field(default_factory=ShowOptions)
+    status: StatusOptions = field(default_factory=StatusOptions)
+    schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 def register() -> None:
@@ -173,10 +259,35 @@ def validate(cfg: PgvaultConfig) -> None:
         "backup.table_lock_timeout": (cfg.backup.table_lock_timeout, 1.0),
         "restore.table_lock_timeout": (cfg.restore.table_lock_timeout, 1.0),
     }
+    waits["hooks.timeout"] = (cfg.hooks.timeout, 1.0)
+    waits["notify.timeout"] = (cfg.notify.timeout, 0.1)
     for key, (seconds, least) in waits.items():
         # Written so that nan fails too: every comparison with it is false.
         if not least <= seconds <= MAX_WAIT:
             raise ConfigError(f"{key} is {seconds}", f"give seconds from {least:g} to {MAX_WAIT:g}")
+    if not 0 <= cfg.notify.retries <= 10:
+        raise ConfigError(f"notify.retries is {cfg.notify.retries}", "use 0 to 10")
+    _validate_operations(cfg)
+
+
+def _validate_operations(cfg: PgvaultConfig) -> None:
+    from pathlib import Path
+
+    from pgvault import units
+    from pgvault.errors import ConfigError
+
+    m = cfg.monitor
+    for key, value in (("max_age", m.max_age), ("max_unverified_age", m.max_unverified_age)):
+        if value is not None:
+            units.parse_duration(value, f"monitor.{key}")
+    if m.min_free is not None:
+        units.parse_size(m.min_free, "monitor.min_free")
+    for key, path in (("log.file", cfg.log.file), ("metrics.textfile", cfg.metrics.textfile)):
+        if path is not None and not Path(path).is_absolute():
+            raise ConfigError(
+                f"{key} must be an absolute path, got '{path}'",
+                f"use {key}={Path(path).absolute()}",
+            )
 
 
 def to_typed(cfg: Any) -> PgvaultConfig:

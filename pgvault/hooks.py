@@ -7,7 +7,7 @@ This is the seam monitoring and notifications plug into: a hook is a function of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -30,6 +30,11 @@ class Run:
     size_bytes: int | None = None
     error: str | None = None  # the one-line error of a failure
     exit_code: int = 0
+    status: str = "running"  # then "success" or "failure"
+    started_at: float = 0.0  # seconds since the epoch
+    duration_s: float | None = None  # once ended
+    rows: int | None = None  # rows written, restored or verified
+    verified: bool | None = None  # verify's verdict: True matched, False did not
 
 
 Hook = Callable[[Event, Run], None]
@@ -47,9 +52,10 @@ def unregister(hook: Hook) -> None:
         _HOOKS.remove(hook)
 
 
-def call(event: Event, run: Run, warn: Callable[[str], None]) -> None:
-    """Call every registered hook; a hook's exception becomes a warning."""
-    for hook in list(_HOOKS):
+def call(event: Event, run: Run, warn: Callable[[str], None], extra: Sequence[Hook] = ()) -> None:
+    """Call every registered hook, then extra (this run's own); a hook's exception
+    becomes a warning."""
+    for hook in [*_HOOKS, *extra]:
         try:
             hook(event, run)
         except Exception as e:  # a hook must never decide a command's outcome

@@ -8,17 +8,22 @@ SPECS and its options node in config.py.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from pgvault import hooks
 from pgvault.config import PgvaultConfig, validate
-from pgvault.errors import ConfigError, PgvaultError
+from pgvault.errors import ConfigError, PgvaultError, VerifyMismatch
 from pgvault.ui import Reporter
 
 # Keys every command takes (`env` is the config group of per-environment overlays).
 COMMON = ("dir", "target", "clients", "quiet", "env")
+# What runs around a command that changes something: hook commands, pings and Apprise,
+# metrics, the log file (pgvault.operations).
+OPS = ("hooks", "notify", "metrics", "log")
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,16 @@ SPECS: dict[str, Spec] = {
     s.name: s
     for s in (
         Spec("backup", "write a complete, checksummed set, then apply retention", "backup",
-             ("retention", "verify.target", "lock_timeout")),
+             ("retention", "verify.target", "lock_timeout", "monitor.min_free", *OPS)),
         Spec("list", "show the sets in dir, newest first", "list"),
-        Spec("prune", "apply the retention policy now", "prune", ("retention", "lock_timeout")),
-        Spec("restore", "replace the target database with a set", "restore", ("lock_timeout",)),
-        Spec("verify", "restore a set into a throwaway cluster and compare", "verify"),
+        Spec("prune", "apply the retention policy now", "prune",
+             ("retention", "lock_timeout", *OPS)),
+        Spec("restore", "replace the target database with a set", "restore",
+             ("lock_timeout", *OPS)),
+        Spec("verify", "restore a set into a throwaway cluster and compare", "verify", OPS),
         Spec("show", "what one set holds", "show"),
+        Spec("status", "whether the backups are fresh, verified and have room", "status",
+             ("monitor",)),
     )
 }  # fmt: skip
 
@@ -67,35 +76,57 @@ class Outcome:
 
     prefix: str | None = None
     size_bytes: int | None = None
+    rows: int | None = None
+    verified: bool | None = None
 
 
 def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context | None = None) -> Outcome:
-    """Run cfg.command with its start, success and failure events; raises PgvaultError."""
+    """Run cfg.command with its start, success and failure events; raises PgvaultError.
+
+    A command that changes something also runs the configured operations around it
+    (pgvault.operations): a before-hook that fails ends the run as a failure."""
     ctx = ctx or Context()
     name = cfg.command
     if name not in SPECS:
         raise ConfigError(f"unknown command '{name}'", f"use one of: {', '.join(SPECS)}")
     validate(cfg)
     module = importlib.import_module(f"pgvault.commands.{name}")
-    info = hooks.Run(name, cfg.target.name, ctx.env, cfg.dir)
-    hooks.call(hooks.Event.start, info, ui.warn)
+    from pgvault import operations
+
+    observers = operations.observers(cfg, ui, ctx) if name in operations.COMMANDS else []
+
+    def tell(event: hooks.Event, what: hooks.Run) -> None:
+        hooks.call(event, what, ui.warn, extra=observers)
+
+    started = time.monotonic()
+    info = hooks.Run(name, cfg.target.name, ctx.env, cfg.dir, started_at=time.time())
+
+    def ended(**changes: Any) -> hooks.Run:
+        return replace(info, duration_s=time.monotonic() - started, **changes)
+
+    tell(hooks.Event.start, info)
     try:
+        if name in operations.COMMANDS:
+            operations.before(cfg, info)
         outcome: Outcome = module.run(cfg, ui, ctx)
     except PgvaultError as e:
         from pgvault.connection import mask_secrets  # psycopg: only when needed
 
-        failed = replace(info, error=mask_secrets(e.line()), exit_code=e.exit_code)
-        hooks.call(hooks.Event.failure, failed, ui.warn)
+        verdict = False if isinstance(e, VerifyMismatch) else None
+        failed = ended(status="failure", error=mask_secrets(e.line()), exit_code=e.exit_code,
+                       verified=verdict)  # fmt: skip
+        tell(hooks.Event.failure, failed)
         raise
     except KeyboardInterrupt:
-        hooks.call(hooks.Event.failure, replace(info, error="interrupted", exit_code=130), ui.warn)
+        tell(hooks.Event.failure, ended(status="failure", error="interrupted", exit_code=130))
         raise
     except BaseException as e:  # a bug still ends the run for the hooks
         from pgvault.connection import mask_secrets
 
-        failed = replace(info, error=mask_secrets(f"{type(e).__name__}: {e}"), exit_code=1)
-        hooks.call(hooks.Event.failure, failed, ui.warn)
+        error = mask_secrets(f"{type(e).__name__}: {e}")
+        tell(hooks.Event.failure, ended(status="failure", error=error, exit_code=1))
         raise
-    done = replace(info, prefix=outcome.prefix, size_bytes=outcome.size_bytes)
-    hooks.call(hooks.Event.success, done, ui.warn)
+    done = ended(status="success", prefix=outcome.prefix, size_bytes=outcome.size_bytes,
+                 rows=outcome.rows, verified=outcome.verified)  # fmt: skip
+    tell(hooks.Event.success, done)
     return outcome

@@ -19,7 +19,9 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
 
         one = replace(cfg.verify, prefix=str(result.directory / result.prefix), all=False)
         verify.run(replace(cfg, verify=one), ui, ctx)
-    return Outcome(result.prefix, result.set.size)
+    manifest = result.set.manifest
+    rows = sum(t.rows for t in manifest.tables.values()) if manifest is not None else None
+    return Outcome(result.prefix, result.set.size, rows=rows)
 
 
 def report(ui: Reporter, result: BackupResult) -> None:

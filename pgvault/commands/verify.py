@@ -23,7 +23,8 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
         raise VerifyMismatch(
             f"{', '.join(failed)} did not verify", "see the report above; keep an older set"
         )
-    return Outcome(results[-1].prefix if len(results) == 1 else None)
+    rows = sum(t.rows or 0 for r in results for t in r.tables)
+    return Outcome(results[-1].prefix if len(results) == 1 else None, rows=rows, verified=True)
 
 
 def report(ui: Reporter, result: VerifyResult) -> None:

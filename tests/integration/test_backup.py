@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pgvault import runstate
 from pgvault.connection import connect
 from tests.conftest import (
     PASSWORD,
@@ -294,10 +295,18 @@ def test_kill_9_during_the_data_dump_leaves_no_complete_looking_set(big_db, smal
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     after = digest(backup_dir)
-    # The older set is untouched; what the killed run left is only .partial files.
-    assert {k: v for k, v in after.items() if k in before} == before
+    # The older set is untouched; what the killed run left is only .partial files (and
+    # its start in the state file, which status reads).
+    state = runstate.STATE_FILE
+    assert {k: v for k, v in after.items() if k in before and k != state} == {
+        k: v for k, v in before.items() if k != state
+    }
     leftovers = set(after) - set(before)
     assert leftovers and all(name.endswith(".partial") for name in leftovers)
+    status = run_pgvault("status", f"dir={backup_dir}", env=pgvault_env(small_db))
+    assert status.returncode == 1
+    assert "the last backup run of target local" in status.stdout
+    assert "never finished: it was killed" in status.stdout
     # The next backup clears the leftovers and completes.
     res = run_pgvault("backup", f"dir={backup_dir}", "quiet=true", env=pgvault_env(small_db))
     assert res.returncode == 0, res.stderr

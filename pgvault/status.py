@@ -1,0 +1,187 @@
+"""`pgvault status`: whether a target's backups can be relied on right now.
+
+Four checks, each against a monitor.* threshold: the newest complete set's age, the
+newest verified set's age, the last backup run's outcome (from the state file), and
+the free space against the next set's expected size. Any failed check is a problem;
+the command exits 1 when there is one, so cron, CI and Nagios can act on it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pgvault import catalog, runstate, sources, store, units
+from pgvault.config import MonitorConfig, PgvaultConfig
+
+
+@dataclass
+class SetInfo:
+    prefix: str
+    time: datetime
+    age_s: float
+    size_bytes: int
+
+
+@dataclass
+class Status:
+    directory: Path
+    target: str
+    now: datetime
+    newest_complete: SetInfo | None = None
+    newest_verified: SetInfo | None = None
+    last_backup: dict[str, Any] | None = None
+    last_verify: dict[str, Any] | None = None
+    free_bytes: int | None = None
+    expected_bytes: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def target_sets(cfg: PgvaultConfig, directory: Path) -> list[catalog.BackupSet]:
+    """The target's complete regular sets, newest first: by source when the target's
+    connection settings can be read, else by the target name the manifests record."""
+    want = sources.of_target(cfg.target)
+    found = []
+    for s in catalog.scan(directory):
+        if not (s.complete and s.kind == "regular" and s.manifest is not None):
+            continue
+        if (s.source == want) if want is not None else (s.manifest.target == cfg.target.name):
+            found.append(s)
+    return found
+
+
+def assess(cfg: PgvaultConfig, directory: Path, now: datetime) -> Status:
+    """Read the directory and its state file; judge against cfg.monitor."""
+    st = Status(directory, cfg.target.name, now)
+    mine = target_sets(cfg, directory)
+
+    def info(s: catalog.BackupSet) -> SetInfo:
+        assert s.time is not None  # complete sets have a parseable prefix
+        return SetInfo(s.prefix, s.time, (now - s.time).total_seconds(), s.size)
+
+    if mine:
+        st.newest_complete = info(mine[0])
+        st.expected_bytes = mine[0].size
+    for s in mine:
+        record = s.verification()
+        if record is not None and record.verdict == "verified":
+            st.newest_verified = info(s)
+            break
+    st.last_backup = runstate.last_run(directory, cfg.target.name, "backup")
+    st.last_verify = runstate.last_run(directory, cfg.target.name, "verify")
+    try:
+        vfs = os.statvfs(directory)
+        st.free_bytes = vfs.f_bavail * vfs.f_frsize
+    except OSError:
+        st.free_bytes = None
+    st.problems = problems(st, cfg.monitor)
+    return st
+
+
+def problems(st: Status, monitor: MonitorConfig) -> list[str]:
+    """One line per check that fails; [] when all are fine."""
+    out = []
+    of = f"of target {st.target}"
+    if monitor.max_age is not None:
+        limit = units.parse_duration(monitor.max_age, "monitor.max_age")
+        if st.newest_complete is None:
+            out.append(f"no complete backup {of} in {st.directory}")
+        elif st.newest_complete.age_s > limit:
+            out.append(
+                f"the newest complete backup {of} ({st.newest_complete.prefix}) is "
+                f"{units.duration(st.newest_complete.age_s)} old; monitor.max_age is "
+                f"{monitor.max_age}"
+            )
+    if monitor.max_unverified_age is not None:
+        limit = units.parse_duration(monitor.max_unverified_age, "monitor.max_unverified_age")
+        if st.newest_verified is None:
+            out.append(f"no backup {of} has been verified (run `pgvault verify`)")
+        elif st.newest_verified.age_s > limit:
+            out.append(
+                f"the newest verified backup {of} ({st.newest_verified.prefix}) is "
+                f"{units.duration(st.newest_verified.age_s)} old; monitor.max_unverified_age "
+                f"is {monitor.max_unverified_age}"
+            )
+    last = st.last_backup
+    if last is not None and last.get("status") == "failure":
+        out.append(f"the last backup run {of} ({last.get('started_at')}) failed: "
+                   f"{last.get('error', 'no error recorded')}")  # fmt: skip
+    elif last is not None and last.get("status") == "running" and not _may_run(last):
+        out.append(f"the last backup run {of} (started {last.get('started_at')}) never "
+                   "finished: it was killed or its machine stopped")  # fmt: skip
+    if monitor.min_free is not None and st.free_bytes is not None:
+        margin = units.parse_size(monitor.min_free, "monitor.min_free")
+        need = (st.expected_bytes or 0) + margin
+        if st.free_bytes < need:
+            out.append(
+                f"{st.directory} has {units.size(st.free_bytes)} free; the next set needs "
+                f"about {units.size(st.expected_bytes or 0)} plus monitor.min_free "
+                f"{monitor.min_free}"
+            )
+    return out
+
+
+def _may_run(entry: dict[str, Any]) -> bool:
+    """Whether a run recorded as running may still be running: on another machine we
+    cannot tell, so it may; here, its process must be alive."""
+    import socket
+
+    if entry.get("host") != socket.gethostname():
+        return True
+    pid = entry.get("pid")
+    return isinstance(pid, int) and store.alive(pid)
+
+
+def as_json(st: Status, monitor: MonitorConfig) -> dict[str, Any]:
+    def set_json(s: SetInfo | None) -> dict[str, Any] | None:
+        if s is None:
+            return None
+        return {"prefix": s.prefix, "time": s.time.isoformat(), "age_s": round(s.age_s, 1),
+                "size_bytes": s.size_bytes}  # fmt: skip
+
+    return {
+        "ok": st.ok,
+        "directory": str(st.directory),
+        "target": st.target,
+        "now": st.now.isoformat(),
+        "newest_complete": set_json(st.newest_complete),
+        "newest_verified": set_json(st.newest_verified),
+        "last_backup": st.last_backup,
+        "last_verify": st.last_verify,
+        "free_bytes": st.free_bytes,
+        "expected_bytes": st.expected_bytes,
+        "thresholds": {
+            "max_age": monitor.max_age,
+            "max_unverified_age": monitor.max_unverified_age,
+            "min_free": monitor.min_free,
+        },
+        "problems": st.problems,
+    }
+
+
+def as_text(st: Status) -> list[str]:
+    lines = [f"Backups of target {st.target} in {st.directory}:"]
+    c, v = st.newest_complete, st.newest_verified
+    lines.append(f"  newest complete: {c.prefix}, {units.duration(c.age_s)} old" if c
+                 else "  newest complete: none")  # fmt: skip
+    lines.append(f"  newest verified: {v.prefix}, {units.duration(v.age_s)} old" if v
+                 else "  newest verified: none")  # fmt: skip
+    last = st.last_backup
+    if last is None:
+        lines.append("  last backup run: none recorded")
+    else:
+        lines.append(f"  last backup run: {last.get('status')} at {last.get('started_at')}")
+    if st.free_bytes is not None:
+        lines.append(f"  free space: {units.size(st.free_bytes)} (the next set: about "
+                     f"{units.size(st.expected_bytes or 0)})")  # fmt: skip
+    lines += [f"✗ {p}" for p in st.problems]
+    if st.ok:
+        lines.append("✓ all checks pass")
+    return lines
