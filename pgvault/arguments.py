@@ -53,7 +53,8 @@ _OPTIONAL_VALUE["-sc"] = _OPTIONAL_VALUE["--shell-completion"]
 # `verify` is a config group, so `verify=true` would read as a group choice: for backup
 # it has always meant "verify the new set".
 _SHORTHAND = {
-    "backup": {"verify=true": "backup.verify=true", "verify=false": "backup.verify=false"}
+    "backup": {"verify=true": "backup.verify=true", "verify=false": "backup.verify=false"},
+    "schedule": {f"verify={v}": f"schedule.verify={v}" for v in ("none", "after", "weekly")},
 }
 
 

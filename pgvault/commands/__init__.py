@@ -56,6 +56,8 @@ SPECS: dict[str, Spec] = {
         Spec("show", "what one set holds", "show"),
         Spec("status", "whether the backups are fresh, verified and have room", "status",
              ("monitor",)),
+        Spec("schedule", "print, install or remove the daily backup's timer", "schedule",
+             ("log",)),
     )
 }  # fmt: skip
 
