@@ -1,10 +1,11 @@
 """What runs around a command that changes something (backup, restore, verify, prune):
-the state file `pgvault status` reads, log.file, metrics, hook commands, pings and
-Apprise. Each is a hooks.Hook for this run; none of them can fail the command, except a
-before-hook, which is the user's own gate."""
+the state file `pgvault status` reads (backup and verify), log.file, metrics, hook
+commands, pings and Apprise. Each is a hooks.Hook for this run; none of them can fail
+the command, except a before-hook, which is the user's own gate."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from pgvault import hooks, runstate
@@ -15,9 +16,14 @@ from pgvault.ui import Reporter
 COMMANDS = ("backup", "restore", "verify", "prune")
 
 
+# The runs `pgvault status` reads back from the state file. A restore or prune refused
+# for bad input leaves the backup directory exactly as it was.
+RECORDED = ("backup", "verify")
+
+
 def observers(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> list[hooks.Hook]:
     """This run's hooks, in order: the record first, notifications last."""
-    out: list[hooks.Hook] = [_state_recorder(cfg)]
+    out: list[hooks.Hook] = [_state_recorder(cfg)] if cfg.command in RECORDED else []
     if cfg.log.file:
         out.append(_log_writer(Path(cfg.log.file)))
     if cfg.metrics.textfile:
@@ -43,7 +49,11 @@ def before(cfg: PgvaultConfig, run: hooks.Run) -> None:
 def _state_recorder(cfg: PgvaultConfig) -> hooks.Hook:
     def recorder(event: hooks.Event, run: hooks.Run) -> None:
         directory = _existing_dir(cfg.dir)
-        if directory is not None:  # a run refused for its dir has nowhere to record
+        if directory is None:  # a run refused for its dir has nowhere to record
+            return
+        # Best effort: a directory the run cannot write to is the run's own error to
+        # report (a read-only dir, a full disk), not a second warning.
+        with contextlib.suppress(OSError):
             runstate.record(run, event, directory)
 
     return recorder

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pgvault import catalog, naming
+from pgvault import catalog, naming, runstate
 from pgvault.connection import connect
 from tests.conftest import (
     create_database,
@@ -91,7 +91,7 @@ def digest(directory: Path) -> dict[str, str]:
     return {
         p.name: hashlib.sha256(p.read_bytes()).hexdigest() if not p.is_symlink() else "link"
         for p in sorted(directory.iterdir())
-        if p.name != catalog.LOCK_NAME
+        if p.name not in (catalog.LOCK_NAME, runstate.STATE_FILE)  # no set's: every run updates it
     }
 
 
