@@ -39,7 +39,7 @@ def systemd_units(entry: Entry, delay: int) -> dict[str, str]:
     log = str(entry.log).replace("%", "%%")
     env = "".join(f"Environment={systemd_quote(f'{k}={v}')}\n" for k, v in entry.env)
     service = (
-        f"{head}[Unit]\nDescription={entry.what}\n\n[Service]\nType=oneshot\n{env}"
+        f"{head}[Unit]\nDescription={entry.what}\n\n[Service]\nType=oneshot\nUMask=0077\n{env}"
         f"ExecStart={' '.join(systemd_quote(a) for a in entry.argv)}\n"
         f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
     )
@@ -208,6 +208,7 @@ def agents_install(agents: Agents, plan: Plan, run: Runner = run_program) -> boo
         raise PgvaultError(
             f"cannot create {agents.directory}: {e.strerror}", "fix its permissions"
         ) from None
+    switched: list[str] = []  # new entries this install switched on
     try:
         for name in gone:
             _off(agents, name, run)
@@ -219,10 +220,16 @@ def agents_install(agents: Agents, plan: Plan, run: Runner = run_program) -> boo
             check(run, args)
         for entry in changed:
             replacing = any(old[n] is not None for n in agents.files(entry))
+            if not replacing:
+                switched.append(entry.name)
             for args in agents.switch_on(entry.name, replacing):
                 check(run, args)
     except PgvaultError:
         with contextlib.suppress(PgvaultError):
+            # An entry that did not exist before must not stay switched on (an enable
+            # link to a unit file that is gone again).
+            for name in switched:
+                run(agents.switch_off(name), None)
             _put(agents, old)
             for args in agents.reload:
                 run(args, None)

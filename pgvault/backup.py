@@ -139,14 +139,22 @@ def take_backup(
             server_major, conn.where, clients.CLIENT_PROGRAMS, cfg.clients.bindir
         )
         profile = profiles.choose(pg, cfg.target.profile, conn.dbname)
-        if cfg.monitor.min_free is not None:
-            planned = catalog.backup_dir(cfg.dir, create=False)
-            source = sources.at(conn.where, conn.dbname, socket.gethostname())
-            need = space.expected_size(planned, source, pg, compression)
-            space.check_room(planned, need, cfg.monitor.min_free)
+        source = sources.at(conn.where, conn.dbname, socket.gethostname())
+
+        def check_room(where: Path) -> None:
+            if cfg.monitor.min_free is not None:
+                need = space.expected_size(where, source, compression, lambda: table_bytes(pg))
+                space.check_room(where, need, cfg.monitor.min_free)
+
+        planned = catalog.backup_dir(cfg.dir, create=False)
+        existed = planned.exists()
+        if not existed:  # refuse before even creating it
+            check_room(planned)
         directory = catalog.backup_dir(cfg.dir, create=True)
         with catalog.locked(directory, timeout=cfg.lock_timeout, what="backup"):
             remove_stale_partials(directory)
+            if existed:  # after a killed run's leftovers are gone: they are free space
+                check_room(directory)
             try:
                 result = _write_set(
                     cfg, ui, pg, conn, programs, directory, compressor, env_name, clock, profile,
@@ -370,6 +378,11 @@ def estimate_size(
             if m.compression == "none":
                 return m.files["data"].size
             break
+    return table_bytes(pg)
+
+
+def table_bytes(pg: psycopg.Connection[tuple[Any, ...]]) -> int | None:
+    """The size of the database's tables (their dump is text, so only a guide)."""
     tables = "FROM pg_catalog.pg_class WHERE relkind IN ('r', 'm')"
     tables += " AND relnamespace <> 'pg_catalog'::regnamespace"
     try:

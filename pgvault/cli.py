@@ -278,7 +278,10 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
             failures.append(hydra_error(e, str(cfg.get("command") or "backup")))
             return
         try:
-            dispatch(typed, env_name=str(choices.get("env", "default")))
+            target = choices.get("target")
+            dispatch(typed, env_name=str(choices.get("env", "default")),
+                     target_group=str(target) if target else None,
+                     overrides=tuple(HydraConfig.get().overrides.task))  # fmt: skip
         except PgvaultError as e:
             failures.append(e)
 
@@ -294,9 +297,16 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
         raise failures[-1]
 
 
-def dispatch(cfg: Any, *, env_name: str = "default") -> None:
+def dispatch(
+    cfg: Any,
+    *,
+    env_name: str = "default",
+    target_group: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> None:
     """Run one command on a typed config; raises PgvaultError on failure."""
     from pgvault import commands
     from pgvault.ui import Reporter
 
-    commands.run(cfg, Reporter(quiet=cfg.quiet), commands.Context(env=env_name))
+    ctx = commands.Context(env=env_name, target_group=target_group, overrides=overrides)
+    commands.run(cfg, Reporter(quiet=cfg.quiet), ctx)

@@ -260,7 +260,6 @@ def validate(cfg: PgvaultConfig) -> None:
         "restore.table_lock_timeout": (cfg.restore.table_lock_timeout, 1.0),
     }
     waits["hooks.timeout"] = (cfg.hooks.timeout, 1.0)
-    waits["notify.timeout"] = (cfg.notify.timeout, 0.1)
     for key, (seconds, least) in waits.items():
         # Written so that nan fails too: every comparison with it is false.
         if not least <= seconds <= MAX_WAIT:
@@ -282,6 +281,9 @@ def _validate_operations(cfg: PgvaultConfig) -> None:
             units.parse_duration(value, f"monitor.{key}")
     if m.min_free is not None:
         units.parse_size(m.min_free, "monitor.min_free")
+    from pgvault import notify
+
+    notify.check(cfg)
     for key, path in (("log.file", cfg.log.file), ("metrics.textfile", cfg.metrics.textfile)):
         if path is not None and not Path(path).is_absolute():
             raise ConfigError(

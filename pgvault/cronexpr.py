@@ -324,13 +324,21 @@ def crontab_replace(table: str, blocks: dict[str, str | None]) -> str:
             i += 1
             continue
         follows = lines[i + 1] if i + 1 < len(lines) else ""
-        i += 2 if follows.strip() and not follows.lstrip().startswith("#") else 1
+        # The line under our marker is ours only if it looks like our command: a user
+        # who deleted it and kept the marker must not lose the job that came next.
+        i += 2 if is_our_command(follows) else 1
         block = blocks[name]
         if block is not None and name not in placed:
             out.append(block)
             placed.add(name)
     out.extend(b for n, b in blocks.items() if b is not None and n not in placed)
     return "".join(out)
+
+
+def is_our_command(line: str) -> bool:
+    """Whether a crontab line is the command a pgvault block writes."""
+    text = line.strip()
+    return bool(text) and not text.startswith("#") and "pgvault" in text and "log.file=" in text
 
 
 def cron_marks(line: str) -> str | None:

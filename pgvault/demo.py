@@ -1,7 +1,7 @@
 """`make demo` / `make selftest`: pgvault's main job on an embedded default.
 
 Starts a throwaway cluster, loads a small CRM database (sample_crm.sql), then runs
-backup -> list -> verify -> (an accident) restore -> list -> prune dry run into a temp
+backup -> list -> verify -> status -> (an accident) restore -> list -> prune dry run into a temp
 dir, and removes everything afterwards. With
 --selftest it exits non-zero unless the backup verifies (for CI and for users).
 
@@ -53,6 +53,7 @@ def run_demo(bindir: str | None, ui: Reporter) -> None:
         step("backup", "backup")
         step("list", "list")
         step("verify", "verify")
+        step("status", "status")
         with connect(c.conn("crm"), autocommit=True) as pg:
             pg.execute("DELETE FROM contacts")  # an accident worth a restore
         ui.say("\n(the contacts table was just emptied by mistake)")

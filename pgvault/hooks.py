@@ -59,5 +59,10 @@ def call(event: Event, run: Run, warn: Callable[[str], None], extra: Sequence[Ho
         try:
             hook(event, run)
         except Exception as e:  # a hook must never decide a command's outcome
-            name = getattr(hook, "__qualname__", repr(hook))
-            warn(f"hook {name} failed on {event.value}: {e}")
+            from pgvault.errors import PgvaultError
+
+            if isinstance(e, PgvaultError):  # ours says what failed and how to fix it
+                warn(e.line())
+            else:
+                name = getattr(hook, "__qualname__", repr(hook))
+                warn(f"hook {name} failed on {event.value}: {e}")

@@ -10,13 +10,11 @@ half of it.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -24,10 +22,10 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from pgvault import hooks
+from pgvault import hooks, space
 from pgvault.config import PgvaultConfig
 from pgvault.errors import PgvaultError
-from pgvault.store import create_new, fsync_dir, open_regular
+from pgvault.store import create_new, flock_dir, fsync_dir, open_regular
 
 COMMANDS = ("backup", "verify", "prune")
 BY_RUN = ("target", "command")
@@ -57,15 +55,23 @@ def observer(cfg: PgvaultConfig) -> hooks.Hook:
     """The hook that writes cfg.metrics.textfile when a backup, verify or prune ends."""
     path = Path(str(cfg.metrics.textfile))
 
+    def count(directory: Path) -> int:
+        from pgvault.status import target_sets  # the same sets `pgvault status` judges
+
+        return len(target_sets(cfg, directory))
+
     def record(event: hooks.Event, run: hooks.Run) -> None:
         if event is not hooks.Event.start and run.command in COMMANDS:
-            write(path, samples(run, event))
+            write(path, samples(run, event, count))
 
     return record
 
 
-def samples(run: hooks.Run, event: hooks.Event) -> Samples:
-    """What this run says, by (metric, labels)."""
+def samples(
+    run: hooks.Run, event: hooks.Event, count: Callable[[Path], int] | None = None
+) -> Samples:
+    """What this run says, by (metric, labels); count gives the target's complete sets in
+    a directory (by default: the regular ones whose manifest names the target)."""
     by_run: Labels = (("command", run.command), ("target", run.target))
     by_target: Labels = (("target", run.target),)
     ok = event is hooks.Event.success
@@ -81,16 +87,15 @@ def samples(run: hooks.Run, event: hooks.Event) -> Samples:
             out["pgvault_last_backup_size_bytes", by_target] = float(run.size_bytes)
         if run.rows is not None:
             out["pgvault_last_backup_rows", by_target] = float(run.rows)
-    if run.command == "verify" and run.verified is not None:
+    if run.verified is not None:  # verify's, or backup verify=true's, verdict
         out["pgvault_last_verify_ok", by_target] = 1.0 if run.verified else 0.0
     directory = _directory(run.directory)
     if directory is not None:
-        count = _complete_sets(directory, run.target)
-        if count is not None:
-            out["pgvault_backup_sets", by_target] = float(count)
+        with contextlib.suppress(PgvaultError, OSError):
+            n = count(directory) if count else _complete_sets(directory, run.target)
+            out["pgvault_backup_sets", by_target] = float(n)
         with contextlib.suppress(OSError):
-            fs = os.statvfs(directory)
-            out["pgvault_backup_dir_free_bytes", by_target] = float(fs.f_bavail * fs.f_frsize)
+            out["pgvault_backup_dir_free_bytes", by_target] = float(space.free_bytes(directory))
     return out
 
 
@@ -104,14 +109,15 @@ def _directory(value: str | None) -> Path | None:
         return None
 
 
-def _complete_sets(directory: Path, target: str) -> int | None:
+def _complete_sets(directory: Path, target: str) -> int:
     from pgvault import catalog
 
-    try:
-        sets = catalog.scan(directory)
-    except (PgvaultError, OSError):
-        return None
-    return sum(1 for s in sets if s.complete and s.manifest and s.manifest.target == target)
+    sets = catalog.scan(directory)
+    return sum(
+        1
+        for s in sets
+        if s.complete and s.kind == "regular" and s.manifest and s.manifest.target == target
+    )
 
 
 def write(path: Path, new: Samples) -> None:
@@ -230,27 +236,9 @@ def _replace(path: Path, data: bytes) -> None:
 
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """Hold the directory's flock: two runs ending at once must not lose each other's
-    samples between read and rename (the directory itself: no lock file beside *.prom)."""
+    """Two runs ending at once must not lose each other's samples between read and rename."""
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        with flock_dir(directory, timeout=LOCK_WAIT):
+            yield
     except OSError as e:
         raise _cannot(directory, e, "lock the directory of") from None
-    try:
-        give_up = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise _cannot(directory, e, "lock the directory of") from None
-                if time.monotonic() > give_up:
-                    raise PgvaultError(
-                        f"another pgvault kept {directory} locked for {LOCK_WAIT:g} s",
-                        "the metrics of this run were not written",
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)

@@ -143,6 +143,66 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 # --- the observer ---------------------------------------------------------------------------
 
 
+def _apprise_logger() -> logging.Logger:
+    """Apprise's logger, made quiet: what it says is ours to report, in one line, never
+    its own records (or tracebacks) on stderr."""
+    logger = logging.getLogger("apprise")
+    logger.propagate = False
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
+# A notifier slower than this is down for our purposes: a backup never waits minutes.
+MAX_TIMEOUT = 120.0
+
+
+def check(cfg: PgvaultConfig) -> None:
+    """Refuse hooks and notifier settings that could only fail later, before anything runs:
+    a hook that cannot be split, a ping URL that is not http(s), an Apprise URL Apprise
+    does not know, a notifier timeout of minutes."""
+    from pgvault.errors import ConfigError
+
+    for key in ("before", "after", "on_failure"):
+        for i, command in enumerate(getattr(cfg.hooks, key)):
+            try:
+                words = shlex.split(command)
+            except ValueError as e:
+                raise ConfigError(
+                    f"hooks.{key}[{i}] `{command}`: {e}",
+                    "fix its quoting; it runs without a shell",
+                ) from None
+            if not words:
+                raise ConfigError(f"hooks.{key}[{i}] is empty", "give a command or remove it")
+    if not 0.1 <= cfg.notify.timeout <= MAX_TIMEOUT:
+        raise ConfigError(
+            f"notify.timeout is {cfg.notify.timeout}", f"give seconds from 0.1 to {MAX_TIMEOUT:g}"
+        )
+    url = cfg.notify.ping_url
+    if url is not None:
+        try:
+            parts = urlsplit(url)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            usable = False
+        if not usable:
+            raise ConfigError(
+                f"notify.ping_url {shown_url(url)} is not an http(s) URL",
+                "give the check's URL, e.g. https://hc-ping.com/UUID",
+            )
+    if cfg.notify.apprise:
+        import apprise
+
+        _apprise_logger()
+
+        for i, u in enumerate(cfg.notify.apprise):
+            if apprise.Apprise.instantiate(u, suppress_exceptions=True) is None:
+                raise ConfigError(
+                    f"notify.apprise[{i}] {shown_url(u)} is not a URL Apprise knows",
+                    "see Apprise's list of services; check it with `apprise --dry-run URL`",
+                )
+
+
 def observer(cfg: PgvaultConfig, warn: Callable[[str], None]) -> hooks.Hook | None:
     """The hook that runs hooks.after / hooks.on_failure, pings and Apprise for a run;
     None when none of them is configured."""
@@ -181,8 +241,9 @@ def shown_url(url: str) -> str:
         scheme = parts.scheme.lower()
         host = parts.hostname or ""
         port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "an unparseable URL"
+    except ValueError:  # tgram://123:token/... has no port where urlsplit wants one
+        lead = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+        return f"{lead.group(1).lower()}://..." if lead else "an unparseable URL"
     if not scheme:
         return "an unparseable URL"
     if scheme.rstrip("s") not in HOST_SCHEMES:
@@ -323,11 +384,7 @@ def send_apprise(
     except Exception:  # missing, or broken by one of its own dependencies
         warn(f"apprise cannot be imported; the {run.command} itself is unaffected")
         return
-    logger = logging.getLogger("apprise")
-    # Ours to report, in one line: never Apprise's own records (or tracebacks) on stderr.
-    logger.propagate = False
-    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-        logger.addHandler(logging.NullHandler())
+    logger = _apprise_logger()
     outcome = "failed" if run.status == "failure" else "succeeded"
     title = masking.mask(f"pgvault {run.command} of {run.target} {outcome}")
     body = "\n".join(_summary(run)) or title

@@ -8,12 +8,10 @@ both land. `log.file` gets one JSON line per ended run, for people and log shipp
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import socket
-from collections.abc import Iterator
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,11 +21,13 @@ from pgvault.errors import PgvaultError
 
 STATE_FILE = "pgvault-state.json"
 FORMAT = 1
+# Seconds to wait for another run's update of the state file (it takes milliseconds).
+LOCK_WAIT = 10.0
 
 
 def record(run: hooks.Run, event: hooks.Event, directory: Path) -> None:
     """Put run as its target's last run of its command into directory's state file."""
-    with _locked(directory):
+    with store.flock_dir(directory, timeout=LOCK_WAIT):
         state = read(directory)
         runs = state.setdefault("runs", {}).setdefault(run.target, {})
         runs[run.command] = entry(run, event)
@@ -72,18 +72,6 @@ def last_run(directory: Path, target: str, command: str) -> dict[str, Any] | Non
     return found if isinstance(found, dict) else None
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    # flock on the directory itself: no lock file of its own, and separate from the
-    # writers' lock, which a backup holds for as long as it runs.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
@@ -109,13 +97,17 @@ def append_log(path: Path, run: hooks.Run) -> None:
     """Append run's line to path (created 0600: it names databases and errors). One
     write of one line with O_APPEND, so concurrent runs never interleave within a line."""
     data = (log_line(run) + "\n").encode()
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, flags, 0o600)
     except OSError as e:
         raise PgvaultError(
             f"cannot append to log.file {path}: {e.strerror}", "check log.file"
         ) from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a fifo there would block the run
+            raise PgvaultError(f"log.file {path} is not a regular file", "point log.file at a file")
+        os.set_blocking(fd, True)
         os.write(fd, data)
     finally:
         os.close(fd)

@@ -93,13 +93,43 @@ def override(key: str, value: str) -> str:
     return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def plan(cfg: PgvaultConfig, env: str, platform: str = sys.platform) -> Plan:
-    """Check the schedule options and say what to install; ConfigError, writing nothing."""
+def entry_names(cfg: PgvaultConfig, env: str) -> tuple[str, str]:
+    """The names of the target's backup and verify entries; all uninstall needs."""
+    for what, name in (("target.name", cfg.target.name), ("env", env)):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(
+                f"{what} '{name}' cannot name a scheduled entry",
+                "use letters, digits, '.', '_', '-'",
+            )
+    suffix = cfg.target.name + ("" if env == "default" else f"-{env}")
+    return f"pgvault-backup-{suffix}", f"pgvault-verify-{suffix}"
+
+
+def plan(
+    cfg: PgvaultConfig,
+    env: str,
+    platform: str = sys.platform,
+    *,
+    target_group: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> Plan:
+    """Check the schedule options and say what to install; ConfigError, writing nothing.
+
+    The entry selects the target by its config file (target_group, as target=NAME chose
+    it); target.* settings given on the command line would not reach it, so they are
+    refused rather than silently dropped (a URL there may also hold a password)."""
     from pgvault.cli import packaged_conf_dir, user_conf_dir
 
     opts = cfg.schedule
     if opts.install and opts.uninstall:
         raise ConfigError("install=true and uninstall=true together", "give one of them")
+    group = target_group or cfg.target.name
+    given = sorted({o.split("=", 1)[0] for o in overrides if o.startswith("target.")})
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} on the command line would not reach the scheduled run",
+            f"put it in conf/target/{group}.yaml (or a new target file) and pass target=NAME",
+        )
     key, text = ("schedule.cron", opts.cron) if opts.cron else ("schedule.at", opts.at)
     when = expression(key, text)
     weekly = opts.verify is ScheduleVerify.weekly
@@ -115,14 +145,8 @@ def plan(cfg: PgvaultConfig, env: str, platform: str = sys.platform) -> Plan:
         raise ConfigError(
             f"log.file must be an absolute path, got '{log}'", f"use log.file={log.absolute()}"
         )
-    for what, name in (("target.name", cfg.target.name), ("env", env)):
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ConfigError(
-                f"{what} '{name}' cannot name a scheduled entry",
-                "use letters, digits, '.', '_', '-'",
-            )
-    suffix = cfg.target.name + ("" if env == "default" else f"-{env}")
-    common = [override("dir", str(directory)), f"target={cfg.target.name}", f"env={env}"]
+    backup_name, verify_name = entry_names(cfg, env)
+    common = [override("dir", str(directory)), override("target", group), f"env={env}"]
     if cfg.clients.bindir:
         common.append(override("clients.bindir", cfg.clients.bindir))
     common += ["quiet=true", override("log.file", str(log))]
@@ -130,7 +154,8 @@ def plan(cfg: PgvaultConfig, env: str, platform: str = sys.platform) -> Plan:
     conf = user_conf_dir()
     mine = conf is not None and conf != packaged_conf_dir().resolve()
     extra = (("PGVAULT_CONFIG_DIR", str(conf)),) if mine else ()
-    override("PGVAULT_CONFIG_DIR", str(conf))  # a config dir is a path to check like dir
+    if mine:
+        override("PGVAULT_CONFIG_DIR", str(conf))  # a path to check as dir is
     about = f"target {cfg.target.name} (env {env})"
     run = program(platform)
     backup = [*run, "backup", *common] + (
@@ -138,7 +163,7 @@ def plan(cfg: PgvaultConfig, env: str, platform: str = sys.platform) -> Plan:
     )
     entries = [
         Entry(
-            f"pgvault-backup-{suffix}",
+            backup_name,
             f"pgvault backup of {about}",
             when,
             tuple(backup),
@@ -147,13 +172,13 @@ def plan(cfg: PgvaultConfig, env: str, platform: str = sys.platform) -> Plan:
         )
     ]
     if verify_when is not None:
-        entries.append(Entry(f"pgvault-verify-{suffix}", f"pgvault verify of {about}", verify_when,
+        entries.append(Entry(verify_name, f"pgvault verify of {about}", verify_when,
                              (*run, "verify", *common), log, extra))  # fmt: skip
-    stale = () if weekly else (f"pgvault-verify-{suffix}",)
+    stale = () if weekly else (verify_name,)
     shell = [k for k in SHELL_ONLY if os.environ.get(k)]
     notes = (
         (f"this shell's {', '.join(shell)} will not reach the scheduled run: put the connection"
-         f" in conf/target/{cfg.target.name}.yaml and a password in ~/.pgpass",) if shell else ()
+         f" in conf/target/{group}.yaml and a password in ~/.pgpass",) if shell else ()
     )  # fmt: skip
     return Plan(tuple(entries), stale, opts.randomized_delay, notes)
 
@@ -161,7 +186,8 @@ def plan(cfg: PgvaultConfig, env: str, platform: str = sys.platform) -> Plan:
 def crontab_block(entry: Entry) -> str:
     """The marker line and the entry's line; cron turns a bare % into a newline."""
     env = "".join(f"{k}={shlex.quote(v)} " for k, v in entry.env)
-    command = f"{env}{shlex.join(entry.argv)} >>{shlex.quote(str(entry.log))} 2>&1"
+    # umask: the log names databases and errors; a shell redirect would create it 0644.
+    command = f"umask 077; {env}{shlex.join(entry.argv)} >>{shlex.quote(str(entry.log))} 2>&1"
     line = " ".join(entry.cron.text.split()) + " " + command.replace("%", "\\%")
     mark = f"{CRON_MARK}{entry.name} {MARKER[2:]}; `pgvault schedule uninstall=true` removes it"
     return f"{mark}\n{line}\n"
@@ -189,10 +215,12 @@ def crontab_install(plan: Plan, user: str | None = None, run: Runner = run_progr
     return crontab_apply(blocks | dict.fromkeys(plan.stale), user, run)[0]
 
 
-def crontab_uninstall(plan: Plan, user: str | None = None, run: Runner = run_program) -> list[str]:
-    """Take the plan's entries (and stale ones) out of the crontab; the names removed."""
-    _, table = crontab_apply(dict.fromkeys(plan.names), user, run)
-    return [n for n in plan.names if any(cron_marks(line) == n for line in table.splitlines())]
+def crontab_uninstall(
+    names: tuple[str, ...], user: str | None = None, run: Runner = run_program
+) -> list[str]:
+    """Take the named entries out of the crontab; the names that were there."""
+    _, table = crontab_apply(dict.fromkeys(names), user, run)
+    return [n for n in names if any(cron_marks(line) == n for line in table.splitlines())]
 
 
 # -- The command ---------------------------------------------------------------------------
@@ -235,41 +263,48 @@ def describe(plan: Plan, kind: str, agents: Agents | None, user: str | None = No
 
 
 def execute(cfg: PgvaultConfig, ui: Reporter, env: str, *, platform: str = sys.platform,
-            run: Runner = run_program, user: str | None = None) -> None:  # fmt: skip
+            run: Runner = run_program, user: str | None = None,
+            target_group: str | None = None, overrides: tuple[str, ...] = ()) -> None:  # fmt: skip
     """Print, install or remove the schedule of cfg's target (user: whose crontab)."""
     opts = cfg.schedule
-    the = plan(cfg, env, platform)
+    if opts.install and opts.uninstall:
+        raise ConfigError("install=true and uninstall=true together", "give one of them")
     kind = backend(platform, run)
-    agents = {"systemd": lambda: systemd_agents(the.delay), "launchd": launchd_agents}.get(kind)
+    delay = opts.randomized_delay
+    agents = {"systemd": lambda: systemd_agents(delay), "launchd": launchd_agents}.get(kind)
     where = agents() if agents else None
-    if kind == "schtasks" and (opts.install or opts.uninstall):
-        delete = " && ".join(f"schtasks /Delete /F /TN pgvault\\{n}" for n in the.names)
-        how = "run the schtasks command `pgvault schedule` prints" if opts.install else delete
-        raise Refused("pgvault cannot change Windows' scheduled tasks itself", how)
-    if opts.uninstall:
-        gone = (
-            agents_uninstall(where, the.names, run) if where else crontab_uninstall(the, user, run)
-        )
-        shown = ", ".join(e.name for e in the.entries)
+    if opts.uninstall:  # by name only: no dir, cron or target settings needed to remove
+        names = entry_names(cfg, env)
+        if kind == "schtasks":
+            delete = " && ".join(f"schtasks /Delete /F /TN pgvault\\{n}" for n in names)
+            raise Refused("pgvault cannot change Windows' scheduled tasks itself", delete)
+        gone = agents_uninstall(where, names, run) if where else crontab_uninstall(names, user, run)
         ui.say(
             f"removed {KINDS[kind]} {', '.join(gone)}"
             if gone
-            else f"nothing to uninstall: no {KINDS[kind]} {shown}"
+            else f"nothing to uninstall: no {KINDS[kind]} {names[0]}"
         )
         return
+    the = plan(cfg, env, platform, target_group=target_group, overrides=overrides)
+    if kind == "schtasks" and opts.install:
+        raise Refused(
+            "pgvault cannot change Windows' scheduled tasks itself",
+            "run the schtasks command `pgvault schedule` prints",
+        )
     blocks = describe(the, kind, where, user)  # every refusal comes before anything is written
-    for note in the.notes:
+    notes = [*the.notes, *([linger_note(run)] if kind == "systemd" else [])]
+    for note in filter(None, notes):
         ui.warn(note)
-    names = ", ".join(e.name for e in the.entries)
+    shown = ", ".join(e.name for e in the.entries)
     if not opts.install:
         ui.say(f"pgvault schedule would install this {KINDS[kind]} (install=true installs it):")
     else:
         _log_dir(the)
         changed = agents_install(where, the, run) if where else crontab_install(the, user, run)
         ui.say(
-            f"installed {KINDS[kind]} {names}:"
+            f"installed {KINDS[kind]} {shown}:"
             if changed
-            else f"already installed: {KINDS[kind]} {names}"
+            else f"already installed: {KINDS[kind]} {shown}"
         )
         if not changed:
             return
@@ -278,11 +313,29 @@ def execute(cfg: PgvaultConfig, ui: Reporter, env: str, *, platform: str = sys.p
 
 
 def _log_dir(plan: Plan) -> None:
-    """The log's directory must exist before the first run, or that run fails unseen."""
-    for parent in {e.log.parent for e in plan.entries}:
+    """The log's directory must exist before the first run, or that run fails unseen;
+    the log itself is created 0600 (it names databases and errors)."""
+    for log in {e.log for e in plan.entries}:
         try:
-            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600))
         except OSError as e:
             raise PgvaultError(
-                f"cannot create {parent}: {e.strerror}", "create it or set log.file"
+                f"cannot create {log}: {e.strerror}", "create it or set log.file"
             ) from None
+
+
+def linger_note(run: Runner = run_program) -> str | None:
+    """Without lingering, a user's systemd stops at logout and does not start at boot:
+    the timer would not run on a server nobody is logged in to."""
+    import getpass
+
+    user = getpass.getuser()
+    try:
+        res = run(["loginctl", "show-user", user, "--property=Linger"], None)
+    except PgvaultError:
+        res = None
+    if res is not None and res.returncode == 0 and res.stdout.strip() == "Linger=yes":
+        return None
+    return (f"the timer runs only while {user} is logged in unless systemd keeps the user's "
+            f"manager running: `loginctl enable-linger {user}` (once, as root)")  # fmt: skip

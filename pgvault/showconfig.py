@@ -61,6 +61,13 @@ def effective(cfg: config.PgvaultConfig, command: str) -> tuple[dict[str, Any], 
         )
     except PgvaultError as e:
         notes.append(f"target.url: {e.line()}")
+    # A ping URL's path and most Apprise URLs are tokens: shown as scheme and host.
+    from pgvault.notify import shown_url
+
+    notify = full["notify"]
+    if notify["ping_url"]:
+        notify["ping_url"] = shown_url(notify["ping_url"])
+    notify["apprise"] = [shown_url(u) for u in notify["apprise"]]
     keys = SPECS[command].keys
     shown: dict[str, Any] = {"command": command}
     for key in full:

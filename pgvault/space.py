@@ -2,15 +2,14 @@
 
 The estimate is the previous complete set of the same source as it lies on disk, else
 the size of the database's tables (indexes are not dumped; a compressed dump is taken
-to be a third of it). A guide, not a promise: monitor.min_free is the margin on top."""
+to be a third of it). A killed run's `.partial` files are removed before the check.
+A guide, not a promise: monitor.min_free is the margin on top."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import psycopg
 
 from pgvault import catalog, sources, units
 from pgvault.errors import PgvaultError
@@ -33,26 +32,18 @@ def free_bytes(path: Path) -> int:
 
 
 def expected_size(
-    directory: Path,
-    source: sources.Source,
-    pg: psycopg.Connection[tuple[Any, ...]],
-    compression: str,
+    directory: Path, source: sources.Source, compression: str, tables: Callable[[], int | None]
 ) -> int:
-    """The next set's likely size in bytes."""
+    """The next set's likely size in bytes: the previous regular set of source with the
+    same compression, else tables() (the database's table bytes), a third of it compressed."""
     if directory.is_dir():
         for bset in catalog.scan(directory):
             if bset.complete and bset.kind == "regular" and bset.source == source:
                 if bset.compression == compression:
                     return bset.size
                 break
-    row = pg.execute(
-        "SELECT coalesce(sum(relpages), 0)::bigint"
-        " * pg_catalog.current_setting('block_size')::bigint"
-        " FROM pg_catalog.pg_class WHERE relkind IN ('r', 'm', 't')"
-        " AND relnamespace <> 'pg_catalog'::regnamespace"
-    ).fetchone()
-    tables = int(row[0]) if row else 0
-    return tables // COMPRESSED_SHARE if compression != "none" else tables
+    size = tables() or 0
+    return size // COMPRESSED_SHARE if compression != "none" else size
 
 
 def check_room(directory: Path, expected: int, min_free: str | None) -> None:

@@ -8,13 +8,13 @@ the command exits 1 when there is one, so cron, CI and Nagios can act on it.
 
 from __future__ import annotations
 
-import os
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgvault import catalog, runstate, sources, store, units
+from pgvault import catalog, runstate, sources, space, store, units
 from pgvault.config import MonitorConfig, PgvaultConfig
 
 
@@ -38,6 +38,8 @@ class Status:
     free_bytes: int | None = None
     expected_bytes: int | None = None
     problems: list[str] = field(default_factory=list)
+    # Sets newer than the newest verified one whose verify found a mismatch.
+    failed_verify: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -71,16 +73,15 @@ def assess(cfg: PgvaultConfig, directory: Path, now: datetime) -> Status:
         st.expected_bytes = mine[0].size
     for s in mine:
         record = s.verification()
+        if record is not None and record.verdict == "failed" and st.newest_verified is None:
+            st.failed_verify.append(s.prefix)
         if record is not None and record.verdict == "verified":
             st.newest_verified = info(s)
             break
     st.last_backup = runstate.last_run(directory, cfg.target.name, "backup")
     st.last_verify = runstate.last_run(directory, cfg.target.name, "verify")
-    try:
-        vfs = os.statvfs(directory)
-        st.free_bytes = vfs.f_bavail * vfs.f_frsize
-    except OSError:
-        st.free_bytes = None
+    with contextlib.suppress(OSError):
+        st.free_bytes = space.free_bytes(directory)
     st.problems = problems(st, cfg.monitor)
     return st
 
@@ -89,26 +90,27 @@ def problems(st: Status, monitor: MonitorConfig) -> list[str]:
     """One line per check that fails; [] when all are fine."""
     out = []
     of = f"of target {st.target}"
-    if monitor.max_age is not None:
-        limit = units.parse_duration(monitor.max_age, "monitor.max_age")
-        if st.newest_complete is None:
-            out.append(f"no complete backup {of} in {st.directory}")
-        elif st.newest_complete.age_s > limit:
-            out.append(
-                f"the newest complete backup {of} ({st.newest_complete.prefix}) is "
-                f"{units.duration(st.newest_complete.age_s)} old; monitor.max_age is "
-                f"{monitor.max_age}"
-            )
-    if monitor.max_unverified_age is not None:
-        limit = units.parse_duration(monitor.max_unverified_age, "monitor.max_unverified_age")
-        if st.newest_verified is None:
-            out.append(f"no backup {of} has been verified (run `pgvault verify`)")
-        elif st.newest_verified.age_s > limit:
-            out.append(
-                f"the newest verified backup {of} ({st.newest_verified.prefix}) is "
-                f"{units.duration(st.newest_verified.age_s)} old; monitor.max_unverified_age "
-                f"is {monitor.max_unverified_age}"
-            )
+    ages = (
+        ("complete", st.newest_complete, "max_age", monitor.max_age,
+         f"no complete backup {of} in {st.directory}"),
+        ("verified", st.newest_verified, "max_unverified_age", monitor.max_unverified_age,
+         f"no backup {of} has been verified (run `pgvault verify`)"),
+    )  # fmt: skip
+    for what, newest, key, limit, none_line in ages:
+        if limit is None:  # the check is off
+            continue
+        if newest is None:
+            out.append(none_line)
+        elif newest.age_s > units.parse_duration(limit, f"monitor.{key}"):
+            out.append(f"the newest {what} backup {of} ({newest.prefix}) is "
+                       f"{units.duration(newest.age_s)} old; monitor.{key} is {limit}")  # fmt: skip
+    if st.failed_verify:
+        out.append(f"{', '.join(st.failed_verify)} of target {st.target} did NOT verify: "
+                   "see `pgvault show prefix=...` and take a new backup")  # fmt: skip
+    last_verify = st.last_verify
+    if last_verify is not None and last_verify.get("status") == "failure" and not st.failed_verify:
+        out.append(f"the last verify run {of} ({last_verify.get('started_at')}) failed: "
+                   f"{last_verify.get('error', 'no error recorded')}")  # fmt: skip
     last = st.last_backup
     if last is not None and last.get("status") == "failure":
         out.append(f"the last backup run {of} ({last.get('started_at')}) failed: "
@@ -153,6 +155,7 @@ def as_json(st: Status, monitor: MonitorConfig) -> dict[str, Any]:
         "now": st.now.isoformat(),
         "newest_complete": set_json(st.newest_complete),
         "newest_verified": set_json(st.newest_verified),
+        "failed_verify": st.failed_verify,
         "last_backup": st.last_backup,
         "last_verify": st.last_verify,
         "free_bytes": st.free_bytes,

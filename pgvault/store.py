@@ -240,6 +240,33 @@ def _acquire(fd: int, directory: Path, timeout: float) -> None:
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def flock_dir(directory: Path, *, timeout: float) -> Iterator[None]:
+    """Hold an flock on the directory itself for a short read-modify-replace of a file in
+    it (the state file, a metrics file): no lock file of its own, and apart from the
+    writers' lock, which a backup holds for its whole run. OSError when it cannot lock;
+    LockBusy when another process holds it for longer than timeout."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        give_up = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+            if time.monotonic() > give_up:
+                raise LockBusy(
+                    f"another pgvault kept {directory} locked for {timeout:g} s",
+                    "this run's record there was not written; look for a hung pgvault",
+                )
+            time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
 def is_locked(directory: Path) -> bool:
     """True while some pgvault process holds the directory's lock."""
     path = directory / LOCK_NAME

@@ -1,6 +1,6 @@
-"""Durations and sizes as people write them in config: 90s, 30m, 26h, 8d, 2w; 512KB,
-64MB, 2GB (1024-based, as df -h counts). One spelling each way, so what status prints
-reads back as the same value."""
+"""Durations and sizes as people write them in config: 90s, 30m, 26h, 8d, 2w (lower
+case: m is minutes, never months); 512KB, 64MB, 2GB (1024-based, as df -h counts; any
+case). What status prints for people (3 min, 5.2 h, 64.0 MB) is rounded, not config."""
 
 from __future__ import annotations
 

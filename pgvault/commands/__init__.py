@@ -51,7 +51,7 @@ SPECS: dict[str, Spec] = {
         Spec("prune", "apply the retention policy now", "prune",
              ("retention", "lock_timeout", *OPS)),
         Spec("restore", "replace the target database with a set", "restore",
-             ("lock_timeout", *OPS)),
+             ("lock_timeout", "hooks", "notify", "log")),
         Spec("verify", "restore a set into a throwaway cluster and compare", "verify", OPS),
         Spec("show", "what one set holds", "show"),
         Spec("status", "whether the backups are fresh, verified and have room", "status",
@@ -70,6 +70,10 @@ class Context:
     env: str = "default"
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     ask: Callable[[str], str] = input
+    # The target config file chosen (target=NAME) and the command line's overrides as
+    # Hydra got them: what `schedule` may carry into its entry.
+    target_group: str | None = None
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass
@@ -93,7 +97,12 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context | None = None) -> Outcome
         raise ConfigError(f"unknown command '{name}'", f"use one of: {', '.join(SPECS)}")
     validate(cfg)
     module = importlib.import_module(f"pgvault.commands.{name}")
-    from pgvault import operations
+    from pgvault import masking, operations
+
+    # Known before any event: a hook's environment and message must not carry them, and
+    # the target's URL is otherwise read (and its password remembered) only inside the run.
+    for url in (cfg.target.url, cfg.restore.target, cfg.verify.target):
+        masking.remember_in(url)
 
     observers = operations.observers(cfg, ui, ctx) if name in operations.COMMANDS else []
 

@@ -14,14 +14,15 @@ from pgvault.ui import Reporter, mb
 def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
     result = take_backup(cfg, ui, env_name=ctx.env, clock=ctx.clock)
     report(ui, result)
-    if cfg.backup.verify:
+    verified = None
+    if cfg.backup.verify:  # a mismatch raises VerifyMismatch: the run ends verified=False
         from pgvault.commands import verify
 
         one = replace(cfg.verify, prefix=str(result.directory / result.prefix), all=False)
-        verify.run(replace(cfg, verify=one), ui, ctx)
+        verified = verify.run(replace(cfg, verify=one), ui, ctx).verified
     manifest = result.set.manifest
     rows = sum(t.rows for t in manifest.tables.values()) if manifest is not None else None
-    return Outcome(result.prefix, result.set.size, rows=rows)
+    return Outcome(result.prefix, result.set.size, rows=rows, verified=verified)
 
 
 def report(ui: Reporter, result: BackupResult) -> None:

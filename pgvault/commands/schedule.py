@@ -10,5 +10,5 @@ from pgvault.ui import Reporter
 
 
 def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
-    schedule.execute(cfg, ui, ctx.env)
+    schedule.execute(cfg, ui, ctx.env, target_group=ctx.target_group, overrides=ctx.overrides)
     return Outcome()

@@ -4,6 +4,7 @@ root's own), and the real CLI printing an entry and refusing a bad expression.""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -71,9 +72,9 @@ def test_install_twice_then_uninstall_in_a_throwaway_crontab(tmp_path, cron_user
     now = table(cron_user)
     assert now.startswith(UNRELATED) and "pgvault-verify-crm" not in now
     assert [ln for ln in now.splitlines() if ln.startswith("45 5 * * * ")]
-    assert schedule.crontab_uninstall(later, user=cron_user) == ["pgvault-backup-crm"]
+    assert schedule.crontab_uninstall(later.names, user=cron_user) == ["pgvault-backup-crm"]
     assert table(cron_user) == UNRELATED
-    assert schedule.crontab_uninstall(later, user=cron_user) == []
+    assert schedule.crontab_uninstall(later.names, user=cron_user) == []
     assert table(cron_user) == UNRELATED
 
 
@@ -100,7 +101,7 @@ def test_the_cli_prints_the_entry_and_refuses_a_bad_expression(tmp_path):
     res = run_cli(f"dir={directory}", "target=local", tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    if os.path.exists("/run/systemd/system"):  # a machine with systemd prints units
+    if schedule.backend() == "systemd":  # a user systemd prints units
         assert any(ln.endswith("pgvault-backup-local.timer") for ln in lines)
     else:
         mark = lines.index(next(ln for ln in lines if ln.startswith("# pgvault:")))
@@ -118,3 +119,37 @@ def test_the_cli_prints_the_entry_and_refuses_a_bad_expression(tmp_path):
     if shutil.which("crontab"):
         assert root_crontab() == before
     assert sorted(os.listdir(tmp_path)) == []  # no dir, no log, no unit files
+
+
+def test_the_printed_entry_composes_the_same_config(tmp_path):
+    """What cron would run, run with --cfg job: the same dir and target, no error."""
+    directory = tmp_path / "backups"
+    res = run_cli(f"dir={directory}", "target=supabase_local", tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    if schedule.backend() != "crontab":
+        pytest.skip("this machine's user systemd prints units, not a crontab line")
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("0 2 * * * "))
+    command = line.removeprefix("0 2 * * * ").removeprefix("umask 077; ").rsplit(" >>", 1)[0]
+    argv = shlex.split(command)
+    job = subprocess.run([*argv, "--cfg", "job"], env=pgvault_env(), capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL, cwd="/")  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    assert f"dir: {directory}" in job.stdout and "name: supabase_local" in job.stdout
+    assert "quiet: true" in job.stdout
+
+
+def test_target_settings_on_the_command_line_are_refused_not_dropped(tmp_path):
+    res = run_cli(f"dir={tmp_path / 'b'}", "target.url=postgresql://u:pw@db/crm",
+                  tmp_path=tmp_path)  # fmt: skip
+    line = one_line_error(res)
+    assert res.returncode == 2 and "target.url on the command line" in line
+    assert "pw@" not in res.stdout + res.stderr
+
+
+def test_uninstall_needs_neither_dir_nor_a_valid_expression(tmp_path):
+    before = root_crontab() if shutil.which("crontab") else None
+    res = run_cli("uninstall=true", "cron=0 25 * * *", "target=local", tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "nothing to uninstall" in res.stdout
+    if shutil.which("crontab"):
+        assert root_crontab() == before

@@ -109,6 +109,24 @@ def test_stale_and_unverified_are_problems_each_on_its_line(db, tmp_path):
     assert status(off, NOW)[0] is None
 
 
+def test_a_newest_set_that_did_not_verify_is_a_problem_at_once(db, tmp_path):
+    """Not only once max_unverified_age runs out: a mismatch is news now."""
+    cluster, name = db
+    cfg = config(tmp_path, cluster.url(name))
+    good = backup_at(cfg, NOW - timedelta(hours=30))
+    mark_verified(tmp_path, good, NOW - timedelta(hours=29))
+    bad = backup_at(cfg, NOW - timedelta(hours=2))
+    record = {"verdict": "failed", "checked_at": (NOW - timedelta(hours=1)).isoformat(),
+              "duration_s": 1.0, "server_version": "15.0", "tables": 1, "rows": 2999,
+              "problems": ["public.t: 2999 rows, the backup had 3000"]}  # fmt: skip
+    store.write_json_atomic(tmp_path / naming.file_name(bad, "verify"), record)
+    problem, out = status(cfg, NOW)
+    assert problem is not None and "1 check(s) failed" in problem.line()
+    assert f"✗ {bad} of target crm did NOT verify" in out
+    problem, out = status(cfg, NOW, OutputFormat.json)
+    assert json.loads(out)["failed_verify"] == [bad]
+
+
 def test_never_verified_and_no_backup_at_all(db, tmp_path):
     cluster, name = db
     cfg = config(tmp_path, cluster.url(name))
@@ -223,6 +241,22 @@ def test_backup_refuses_before_writing_when_the_set_will_not_fit(db, tmp_path):
         res = run_pgvault("backup", f"dir={target}", f"monitor.min_free={margin}KB", env=env)
         assert "not enough free space" in one_line_error(res)
         assert sorted(p.name for p in target.iterdir()) == before
+
+
+def test_a_killed_runs_leftovers_do_not_count_against_the_space_check(db, tmp_path):
+    """The check runs after stale .partial files are removed: a killed run on a tight
+    disk must not block every later backup."""
+    cluster, name = db
+    env = pgvault_env(cluster.conn(name))
+    with tmpfs(tmp_path / "small", "size=4m,mode=0700") as d:
+        res = run_pgvault("backup", f"dir={d}", "monitor.min_free=0MB", env=env)
+        assert res.returncode == 0, res.stderr
+        stale = d / "backup-2020-01-01-000000-data.sql.partial"
+        with open(stale, "wb") as f:  # what a killed run left: nearly all the space
+            f.write(b"\0" * (store_free(d) - (64 << 10)))
+        res = run_pgvault("backup", f"dir={d}", "monitor.min_free=128KB", env=env)
+        assert res.returncode == 0, res.stderr
+        assert not stale.exists() and len(list(d.glob("*-manifest.json"))) == 2
 
 
 def store_free(path: Path) -> int:

@@ -133,3 +133,15 @@ def test_a_log_path_that_is_a_symlink_is_refused_in_one_line(tmp_path):
     with pytest.raises(PgvaultError) as e:
         runstate.append_log(tmp_path / "pgvault.log", a_run())
     assert "cannot append to log.file" in e.value.line() and victim.read_text() == "precious"
+
+
+def test_a_fifo_at_the_log_path_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pgvault.log")  # no reader: a blocking open would wait forever
+    with pytest.raises(PgvaultError, match=r"log\.file"):
+        runstate.append_log(tmp_path / "pgvault.log", a_run())
+    reader = os.open(tmp_path / "pgvault.log", os.O_RDONLY | os.O_NONBLOCK)
+    try:  # with a reader the open succeeds, and the file type refuses it
+        with pytest.raises(PgvaultError, match="is not a regular file"):
+            runstate.append_log(tmp_path / "pgvault.log", a_run())
+    finally:
+        os.close(reader)

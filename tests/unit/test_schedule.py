@@ -466,7 +466,7 @@ other_lines = st.lists(
 @given(other_lines, other_lines)
 def test_crontab_replace_keeps_every_other_line_byte_for_byte(before, after):
     table = "".join(f"{line}\n" for line in before)
-    block = "# pgvault:pgvault-backup-crm x\n0 2 * * * pgvault backup\n"
+    block = "# pgvault:pgvault-backup-crm x\n0 2 * * * pgvault backup log.file=/l >>/l 2>&1\n"
     with_ours = cronexpr.crontab_replace(table, {"pgvault-backup-crm": block})
     assert with_ours == table + block
     around = with_ours + "".join(f"{line}\n" for line in after)
@@ -476,6 +476,14 @@ def test_crontab_replace_keeps_every_other_line_byte_for_byte(before, after):
         around, {"pgvault-backup-crm": None, "pgvault-verify-crm": None}
     )
     assert gone == table + "".join(f"{line}\n" for line in after)
+
+
+def test_a_marker_whose_command_was_deleted_takes_no_other_line_with_it():
+    users = "0 3 * * * /usr/local/bin/rotate-logs\n"
+    table = "# pgvault:pgvault-backup-crm Written by `pgvault schedule`\n" + users
+    assert cronexpr.crontab_replace(table, {"pgvault-backup-crm": None}) == users
+    block = "# pgvault:pgvault-backup-crm x\n0 2 * * * pgvault backup log.file=/l >>/l 2>&1\n"
+    assert cronexpr.crontab_replace(table, {"pgvault-backup-crm": block}) == block + users
 
 
 def recorder(calls: list[list[str]], fail: str | None = None, off: bool = False):
@@ -547,6 +555,21 @@ def test_a_first_install_that_fails_leaves_no_files_and_foreign_files_are_kept(t
     assert os.listdir(tmp_path / "units") == ["pgvault-backup-crm.timer"]
 
 
+def test_a_failed_install_switches_off_what_it_switched_on(tmp_path):
+    """The backup timer is enabled, the verify timer's enable fails: the backup timer
+    must not stay enabled with its unit files gone again."""
+    agents = filed.systemd_agents(600, tmp_path / "units")
+    weekly = schedule.plan(config(tmp_path, verify=ScheduleVerify.weekly), "default", "linux")
+    calls: list[list[str]] = []
+    with pytest.raises(PgvaultError, match=r"pgvault-verify-crm\.timer"):
+        filed.agents_install(agents, weekly, recorder(calls, fail="pgvault-verify-crm.timer"))
+    ctl = ["systemctl", "--user"]
+    assert [*ctl, "enable", "--now", "pgvault-backup-crm.timer"] in calls
+    enabled = calls.index([*ctl, "enable", "--now", "pgvault-backup-crm.timer"])
+    assert [*ctl, "disable", "--now", "pgvault-backup-crm.timer"] in calls[enabled:]
+    assert os.listdir(tmp_path / "units") == []
+
+
 def test_a_disabled_timer_with_the_same_files_is_enabled_again(tmp_path):
     agents = filed.systemd_agents(600, tmp_path / "units")
     plan = schedule.plan(config(tmp_path), "default", "linux")
@@ -581,3 +604,18 @@ def test_launchd_install_calls_launchctl(tmp_path):
     assert filed.agents_uninstall(agents, plan.names, recorder(calls)) == ["pgvault-backup-crm"]
     assert calls == [["launchctl", "bootout", "gui/501/dev.pgvault.backup-crm"]]
     assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "out", "warned"),
+    [(0, "Linger=yes\n", False), (0, "Linger=no\n", True), (1, "", True)],
+)
+def test_a_systemd_install_warns_while_lingering_is_off(code, out, warned):
+    def run(args: list[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        assert args[:2] == ["loginctl", "show-user"] and args[-1] == "--property=Linger"
+        return subprocess.CompletedProcess(args, code, out, "")
+
+    note = schedule.linger_note(run)
+    assert (note is not None) is warned
+    if note is not None:
+        assert "loginctl enable-linger" in note
