@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import stat
 import tempfile
 import threading
@@ -45,7 +46,11 @@ def by_target(target: str) -> tuple[tuple[str, str], ...]:
 
 
 def observe(path: Path, event: hooks.Event, run: hooks.Run) -> None:
+    """As commands.run calls it: the configured target is the run's, here the database
+    of that name on the server write_set's manifests name."""
     cfg = PgvaultConfig()
+    cfg.target.name = run.target
+    cfg.target.url = f"postgresql://u@127.0.0.1:5432/{run.target}"
     cfg.metrics.textfile = str(path)
     metrics.observer(cfg)(event, run)
 
@@ -68,7 +73,9 @@ def write_set(directory: Path, when: datetime, target: str, *, complete: bool = 
             "size": 10,
             "sha256": hashlib.sha256(b"x" * 10).hexdigest(),
         }
-    text = json.dumps(manifest_dict(prefix, files=files, target=target))
+    # Written on this machine from its loopback server: the configured target's source.
+    fields = {"target": target, "database": target, "host": socket.gethostname()}
+    text = json.dumps(manifest_dict(prefix, files=files, **fields))
     (directory / naming.file_name(prefix, "manifest")).write_text(text)
 
 
