@@ -220,24 +220,35 @@ def _hint(e: OSError, what: str) -> str:
     return f"a {what} needs write access to the backup directory"
 
 
-def _acquire(fd: int, directory: Path, timeout: float) -> None:
+def _poll_flock(fd: int, timeout: float, pause: float) -> bool:
+    """Take an exclusive flock on fd, trying until timeout: False when another process
+    still holds it; OSError when the file system cannot lock at all."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
+            return True
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise PgvaultError(
-                    f"cannot lock {directory}: {e.strerror}",
-                    "put the backup directory on a file system that supports flock()",
-                ) from None
+                raise
         if time.monotonic() >= deadline:
-            raise LockBusy(
-                f"another pgvault {_holder(fd)} is using {directory}",
-                "wait for it to finish, or pass lock_timeout=SECONDS to wait",
-            )
-        time.sleep(0.2)
+            return False
+        time.sleep(pause)
+
+
+def _acquire(fd: int, directory: Path, timeout: float) -> None:
+    try:
+        taken = _poll_flock(fd, timeout, 0.2)
+    except OSError as e:
+        raise PgvaultError(
+            f"cannot lock {directory}: {e.strerror}",
+            "put the backup directory on a file system that supports flock()",
+        ) from None
+    if not taken:
+        raise LockBusy(
+            f"another pgvault {_holder(fd)} is using {directory}",
+            "wait for it to finish, or pass lock_timeout=SECONDS to wait",
+        )
 
 
 @contextlib.contextmanager
@@ -248,20 +259,11 @@ def flock_dir(directory: Path, *, timeout: float) -> Iterator[None]:
     LockBusy when another process holds it for longer than timeout."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        give_up = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-            if time.monotonic() > give_up:
-                raise LockBusy(
-                    f"another pgvault kept {directory} locked for {timeout:g} s",
-                    "this run's record there was not written; look for a hung pgvault",
-                )
-            time.sleep(0.05)
+        if not _poll_flock(fd, timeout, 0.05):
+            raise LockBusy(
+                f"another pgvault kept {directory} locked for {timeout:g} s",
+                "this run's record there was not written; look for a hung pgvault",
+            )
         yield
     finally:
         os.close(fd)
