@@ -370,14 +370,12 @@ def estimate_size(
 ) -> int | None:
     """The data dump's likely size: the previous regular set of this source's, else the
     size of its tables (a dump is text, so this is only a guide)."""
-    for bset in catalog.scan(directory):
-        m = bset.manifest
-        if bset.complete and m is not None and m.kind == "regular" and bset.source == source:
-            if m.data_raw_bytes is not None:
-                return m.data_raw_bytes
-            if m.compression == "none":
-                return m.files["data"].size
-            break
+    previous = catalog.previous_set(directory, source)
+    m = previous.manifest if previous is not None else None
+    if m is not None and m.data_raw_bytes is not None:
+        return m.data_raw_bytes
+    if m is not None and m.compression == "none":
+        return m.files["data"].size
     return table_bytes(pg)
 
 

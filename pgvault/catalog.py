@@ -332,6 +332,17 @@ def latest(sets: list[BackupSet], directory: Path, target: TargetConfig | None) 
     return candidates[0]
 
 
+def previous_set(directory: Path, source: sources.Source) -> BackupSet | None:
+    """The newest complete regular set of source in directory (None: there is none, or
+    no directory yet): what the next backup of it is estimated from."""
+    if not directory.is_dir():
+        return None
+    for bset in scan(directory):
+        if bset.complete and bset.kind == "regular" and bset.source == source:
+            return bset
+    return None
+
+
 def resolve_prefix(
     prefix: str | None, dir_value: str | None, target: TargetConfig | None = None
 ) -> tuple[Path, str]:

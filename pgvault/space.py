@@ -36,12 +36,9 @@ def expected_size(
 ) -> int:
     """The next set's likely size in bytes: the previous regular set of source with the
     same compression, else tables() (the database's table bytes), a third of it compressed."""
-    if directory.is_dir():
-        for bset in catalog.scan(directory):
-            if bset.complete and bset.kind == "regular" and bset.source == source:
-                if bset.compression == compression:
-                    return bset.size
-                break
+    previous = catalog.previous_set(directory, source)
+    if previous is not None and previous.compression == compression:
+        return previous.size
     size = tables() or 0
     return size // COMPRESSED_SHARE if compression != "none" else size
 
