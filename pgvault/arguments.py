@@ -52,10 +52,16 @@ _OPTIONAL_VALUE["-sc"] = _OPTIONAL_VALUE["--shell-completion"]
 
 # `verify` is a config group, so `verify=true` would read as a group choice: for backup
 # it has always meant "verify the new set".
-_SHORTHAND = {
+_SHORTHAND: dict[str, dict[str, str]] = {
     "backup": {"verify=true": "backup.verify=true", "verify=false": "backup.verify=false"},
     "schedule": {f"verify={v}": f"schedule.verify={v}" for v in ("none", "after", "weekly")},
 }
+# `remote` is the remote's node, so `remote=true` would replace it: for the commands that
+# read sets it means "the remote's sets".
+for _cmd in ("list", "restore", "verify"):
+    _SHORTHAND.setdefault(_cmd, {}).update(
+        {f"remote={v}": f"{_cmd}.remote={v}" for v in ("true", "false")}
+    )
 
 
 # Keys that moved into their command's node in 0.2: where they went.

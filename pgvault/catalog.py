@@ -180,10 +180,11 @@ class BackupSet:
     @property
     def expected(self) -> dict[str, str]:
         """kind -> file name the set must have."""
-        comp = self.compression
-        names = {k: naming.file_name(self.prefix, k, comp) for k in naming.SQL_KINDS}
-        if self.manifest is not None and naming.PLATFORM in self.manifest.files:
-            names[naming.PLATFORM] = naming.file_name(self.prefix, naming.PLATFORM)
+        if self.manifest is not None:
+            names = {k: f.name for k, f in self.manifest.files.items()}
+        else:
+            comp = self.compression
+            names = {k: naming.file_name(self.prefix, k, comp) for k in naming.SQL_KINDS}
         names["manifest"] = naming.file_name(self.prefix, "manifest")
         return names
 
@@ -237,7 +238,8 @@ def scan(where: Path | Store) -> list[BackupSet]:
         bset = sets.setdefault(parsed.prefix, BackupSet(parsed.prefix, directory))
         if parsed.partial:
             bset.partial.append(path)
-        elif parsed.kind in ("data", naming.PLATFORM):
+        elif parsed.kind not in ("manifest", "verify"):
+            # Several names per kind can exist (compressed, encrypted): the manifest says.
             data_files.setdefault(parsed.prefix, []).append((parsed.kind, path))
         else:
             bset.files[parsed.kind] = path
@@ -252,16 +254,18 @@ def scan(where: Path | Store) -> list[BackupSet]:
 
 
 def _place_data_files(bset: BackupSet, paths: list[tuple[str, Path]]) -> None:
-    """paths: (kind, path) of the prefix's data and platform files. The data file is the
-    one the manifest names (or, without a manifest, the only one); a platform file belongs
-    to the set only when the manifest names it. Any other is an extra: the user's, never
-    deleted with the set."""
+    """paths: (kind, path) of the prefix's set files. Each belongs to the set when the
+    manifest names it; without a manifest, a roles, schema or data file does when it is the
+    only one of its kind (platform and attachments files only with a manifest). Any other
+    is an extra: the user's, never deleted with the set."""
     if bset.manifest is not None:
         files = bset.manifest.files
         chosen = [(k, p) for k, p in paths if k in files and files[k].name == p.name]
     else:
-        data = [(k, p) for k, p in paths if k == "data"]
-        chosen = data if len(data) == 1 else []
+        chosen = []
+        for kind in naming.SQL_KINDS:
+            mine = [(k, p) for k, p in paths if k == kind]
+            chosen += mine if len(mine) == 1 else []
     for kind, path in chosen:
         bset.files[kind] = path
     bset.extras = [p for k, p in paths if (k, p) not in chosen]

@@ -38,6 +38,18 @@ class Confirm(Enum):
 
 
 @dataclass
+class StorageConfig:
+    """Supabase Storage's S3-compatible endpoint, where backup.attachments=true copies the
+    buckets from and restore puts them back. Keys: `supabase status` shows them; null reads
+    PGVAULT_STORAGE_ACCESS_KEY_ID / PGVAULT_STORAGE_SECRET_ACCESS_KEY."""
+
+    endpoint: str = "http://127.0.0.1:54321/storage/v1/s3"
+    region: str = "local"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+@dataclass
 class TargetConfig:
     """Which database to back up. No url: DATABASE_URL, else libpq's PG* environment."""
 
@@ -46,6 +58,7 @@ class TargetConfig:
     description: str = ""
     # What belongs to the application and what to the platform it runs on.
     profile: Profile = Profile.auto
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
 
 @dataclass
@@ -58,6 +71,46 @@ class RetentionConfig:
     keep_weekly: int = 0
     keep_monthly: int = 0
     keep_yearly: int = 0
+
+
+@dataclass
+class RemoteRetentionConfig:
+    """The remote's own policy: each null key takes the local retention's value."""
+
+    days: int | None = None
+    keep_last: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+
+
+@dataclass
+class RemoteConfig:
+    """Off-site copies: s3://bucket/prefix (any S3-compatible service) or file:///abs/path.
+    Credentials: AWS's usual chain (environment, profile) unless given here."""
+
+    url: str | None = None
+    # An S3-compatible service's address (MinIO, R2, B2, Supabase Storage); null: AWS.
+    endpoint: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    # Upload each new set right after its backup; false: only `pgvault push` uploads.
+    upload: bool = True
+    # Seconds one request may take before it is retried, then given up.
+    timeout: float = 60.0
+    retention: RemoteRetentionConfig = field(default_factory=RemoteRetentionConfig)
+
+
+@dataclass
+class EncryptionConfig:
+    """age encryption at rest: every file of a set but the manifest, for these recipients
+    (age1... public keys); identity: the key file that restore and verify decrypt with."""
+
+    recipients: list[str] = field(default_factory=list)
+    identity: str | None = None
 
 
 @dataclass
@@ -76,6 +129,10 @@ class RestoreConfig:
     prefix: str | None = None
     yes: bool = False
     force: bool = False
+    # Take the set from remote.url (streamed down and checked before use).
+    remote: bool = False
+    # Put the set's Supabase Storage objects back, when it has them.
+    attachments: bool = True
 
 
 @dataclass
@@ -86,6 +143,7 @@ class VerifyConfig:
     target: str = "ephemeral"
     prefix: str | None = None
     all: bool = False
+    remote: bool = False
 
 
 @dataclass
@@ -95,6 +153,8 @@ class BackupOptions:
     verify: bool = False
     # Seconds pg_dump waits for a table another session has locked before giving up.
     table_lock_timeout: float = 120.0
+    # Also copy every object of the set's Supabase Storage buckets (target.storage).
+    attachments: bool = False
 
 
 @dataclass
@@ -102,6 +162,8 @@ class ListOptions:
     format: OutputFormat = OutputFormat.text
     # Also compare every file's sha256 with the manifest; exit 1 when a set needs a look.
     check: bool = False
+    # The sets on remote.url instead of dir's.
+    remote: bool = False
 
 
 @dataclass
@@ -110,6 +172,13 @@ class PruneOptions:
     check: bool = False
     # Also delete incomplete sets (a killed backup's leftovers) older than a day.
     incomplete: bool = False
+
+
+@dataclass
+class PushOptions:
+    dry_run: bool = False
+    # Apply the remote's retention policy after uploading.
+    prune: bool = True
 
 
 @dataclass
@@ -221,6 +290,7 @@ class PgvaultConfig:
     prune: PruneOptions = field(default_factory=PruneOptions)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    push: PushOptions = field(default_factory=PushOptions)
     show: ShowOptions = field(default_factory=ShowOptions)
     status: StatusOptions = field(default_factory=StatusOptions)
     schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
@@ -229,6 +299,8 @@ class PgvaultConfig:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
 
 
 def register() -> None:

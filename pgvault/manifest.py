@@ -54,7 +54,9 @@ Prefix = Annotated[
 ]
 Compression = Literal["none", "gzip", "zstd"]
 # Typed str, not a Literal: callers index files with a kind held in a str.
-FileKind = Annotated[StrictStr, StringConstraints(pattern=r"^(roles|schema|data|platform)$")]
+FileKind = Annotated[
+    StrictStr, StringConstraints(pattern=r"^(roles|schema|data|platform|attachments)$")
+]
 Pair = tuple[StrictStr, StrictStr]
 
 # Keys that came after format 1's first release: a format-1 manifest may lack them, a
@@ -111,6 +113,30 @@ class SupabaseScopeData(_Model):
     extensions: dict[StrictStr, StrictStr]
 
 
+class Encryption(_Model):
+    """How the set's files (all but the manifest and verify record) are encrypted."""
+
+    method: Literal["age"]
+    recipients: list[StrictStr]
+
+
+class StorageObject(_Model):
+    bucket: StrictStr
+    key: StrictStr
+    size: Count
+    sha256: Sha256
+    content_type: StrictStr | None = None
+
+
+class Attachments(_Model):
+    """Supabase Storage's objects as the backup copied them into the attachments part:
+    every bucket of the set's storage.buckets rows, empty ones included."""
+
+    endpoint: StrictStr
+    buckets: list[StrictStr]
+    objects: list[StorageObject]
+
+
 class Manifest(_Model):
     """Everything backup.py writes about one set."""
 
@@ -153,6 +179,9 @@ class Manifest(_Model):
     server: StrictStr | None = None
     # The data dump's bytes before compression: the next backup's progress estimate.
     data_raw_bytes: Count | None = None
+    # Absent: not encrypted (checksums are of the files on disk, so of the ciphertext).
+    encryption: Encryption | None = None
+    attachments: Attachments | None = None
 
     @field_validator("format", mode="before")
     @classmethod
@@ -168,16 +197,22 @@ class Manifest(_Model):
         lack = [k for k in (*_LATER_KEYS, *_FORMAT_2_KEYS) if k not in self.model_fields_set]
         if self.format >= 2 and lack:
             raise ValueError(f"format {self.format} needs {lack[0]}")
-        names = {k: naming.file_name(self.prefix, k, self.compression) for k in naming.SQL_KINDS}
-        names[naming.PLATFORM] = naming.file_name(self.prefix, naming.PLATFORM)  # optional
+        age = self.encryption is not None
+        names = {
+            k: naming.file_name(self.prefix, k, self.compression, age)
+            for k in (*naming.SQL_KINDS, naming.PLATFORM, naming.ATTACHMENTS)
+        }
+        optional = (naming.PLATFORM, naming.ATTACHMENTS)
         for kind, want in names.items():
             entry = self.files.get(kind)
-            if entry is None and kind != naming.PLATFORM:
+            if entry is None and kind not in optional:
                 raise ValueError(f"no entry for {want}")
             if entry is not None and entry.name != want:
                 raise ValueError(f"files.{kind} names {entry.name!r}, not {want!r}")
         if self.schema_post_data_offset > (size := self.files["schema"].size):
             raise ValueError(f"schema_post_data_offset is beyond the schema file's {size} bytes")
+        if (naming.ATTACHMENTS in self.files) != (self.attachments is not None):
+            raise ValueError("an attachments file goes with an attachments list, and only with it")
         if (self.profile == "supabase") != (self.supabase is not None):
             raise ValueError("a supabase scope goes with profile supabase, and only with it")
         return self

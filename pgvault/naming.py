@@ -14,13 +14,18 @@ SQL_KINDS = ("roles", "schema", "data")
 # Written beside the three for some profiles: the platform's own definitions (Supabase's
 # managed schemas), which verify loads before the set; a plain restore never needs it.
 PLATFORM = "platform"
-KINDS = (*SQL_KINDS, PLATFORM, "manifest", "verify")
+# Supabase Storage's objects (backup.attachments=true): one tar of every bucket's objects.
+ATTACHMENTS = "attachments"
+KINDS = (*SQL_KINDS, PLATFORM, ATTACHMENTS, "manifest", "verify")
 COMPRESSION_SUFFIX = {"none": "", "gzip": ".gz", "zstd": ".zst"}
+# Every file of an encrypted set but its manifest and verify record carries it.
+ENCRYPTED_SUFFIX = ".age"
 PARTIAL_SUFFIX = ".partial"
 
 _FILE_RE = re.compile(
     r"(?P<prefix>backup-\d{4}-\d{2}-\d{2}-\d{6})-"
-    r"(?:(?P<sql>roles|schema|platform)\.sql|data\.sql(?P<comp>\.gz|\.zst)?|(?P<json>manifest|verify)\.json)"
+    r"(?:(?:(?P<sql>roles|schema|platform)\.sql|data\.sql(?P<comp>\.gz|\.zst)?"
+    r"|(?P<tar>attachments)\.tar)(?P<age>\.age)?|(?P<json>manifest|verify)\.json)"
     r"(?P<partial>\.partial)?"
 )
 
@@ -55,14 +60,18 @@ def is_prefix(text: str) -> bool:
     return True
 
 
-def file_name(prefix: str, kind: str, compression: str = "none") -> str:
-    """Return the file name of one part of a set."""
+def file_name(prefix: str, kind: str, compression: str = "none", encrypted: bool = False) -> str:
+    """Return the file name of one part of a set (the manifest and verify record are
+    never encrypted)."""
+    age = ENCRYPTED_SUFFIX if encrypted else ""
     if kind == "data":
-        return f"{prefix}-data.sql{COMPRESSION_SUFFIX[compression]}"
+        return f"{prefix}-data.sql{COMPRESSION_SUFFIX[compression]}{age}"
     if kind in ("manifest", "verify"):
         return f"{prefix}-{kind}.json"
     if kind in (*SQL_KINDS, PLATFORM):
-        return f"{prefix}-{kind}.sql"
+        return f"{prefix}-{kind}.sql{age}"
+    if kind == ATTACHMENTS:
+        return f"{prefix}-{kind}.tar{age}"
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -74,6 +83,7 @@ class ParsedName:
     kind: str
     compression: str
     partial: bool
+    encrypted: bool = False
 
 
 def parse_file_name(name: str) -> ParsedName | None:
@@ -85,14 +95,9 @@ def parse_file_name(name: str) -> ParsedName | None:
     m = _FILE_RE.fullmatch(name)
     if m is None:
         return None
-    if m["sql"]:
-        kind = m["sql"]
-    elif m["json"]:
-        kind = m["json"]
-    else:
-        kind = "data"
+    kind = m["sql"] or m["json"] or m["tar"] or "data"
     comp = {None: "none", ".gz": "gzip", ".zst": "zstd"}[m["comp"]]
-    return ParsedName(m["prefix"], kind, comp, m["partial"] is not None)
+    return ParsedName(m["prefix"], kind, comp, m["partial"] is not None, m["age"] is not None)
 
 
 def sort_newest_first(prefixes: list[str]) -> list[str]:

@@ -13,7 +13,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -283,3 +283,38 @@ def observe(argv: Sequence[str], env: Mapping[str, str], observers: Sequence[Obs
             for obs in observers:
                 obs.feed(chunk)
         source.check()
+
+
+def write_chunks(
+    dest: Path, chunks: Iterable[bytes], *, recipients: Sequence[str] = ()
+) -> FileStats:
+    """Write chunks into a new file dest (as stream_to_file creates it), encrypted for
+    recipients when there are any; sha256 and size are of the bytes on disk. On failure
+    dest is removed and the error raised."""
+    if recipients:
+        raise NotImplementedError("encryption comes with pgvault.encryption")
+    fd = store.create_new(dest)
+    digest, size = hashlib.sha256(), 0
+    try:
+        for chunk in chunks:
+            digest.update(chunk)
+            write_all(fd, chunk)
+            size += len(chunk)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()
+        raise
+    os.close(fd)
+    return FileStats(digest.hexdigest(), size)
+
+
+def read_chunks(path: Path, *, identity: str | None = None) -> Iterator[bytes]:
+    """Yield a set file's plain bytes: decrypted with identity when the name says it is
+    encrypted."""
+    if path.name.endswith(".age"):
+        raise NotImplementedError("decryption comes with pgvault.encryption")
+    with open_regular(path) as f:
+        while chunk := f.read(CHUNK):
+            yield chunk

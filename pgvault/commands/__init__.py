@@ -24,6 +24,8 @@ COMMON = ("dir", "target", "clients", "quiet", "env")
 # What runs around a command that changes something: hook commands, pings and Apprise,
 # metrics, the log file (pgvault.operations).
 OPS = ("hooks", "notify", "metrics", "log")
+# Reading a set that may be encrypted, or kept off-site.
+READ = ("remote", "encryption.identity")
 
 
 @dataclass(frozen=True)
@@ -46,16 +48,20 @@ SPECS: dict[str, Spec] = {
     s.name: s
     for s in (
         Spec("backup", "write a complete, checksummed set, then apply retention", "backup",
-             ("retention", "verify.target", "lock_timeout", "monitor.min_free", *OPS)),
-        Spec("list", "show the sets in dir, newest first", "list"),
+             ("retention", "verify.target", "lock_timeout", "monitor.min_free", "remote",
+              "encryption", *OPS)),
+        Spec("list", "show the sets in dir, newest first", "list", ("remote",)),
         Spec("prune", "apply the retention policy now", "prune",
              ("retention", "lock_timeout", *OPS)),
         Spec("restore", "replace the target database with a set", "restore",
-             ("lock_timeout", "hooks", "notify", "log")),
-        Spec("verify", "restore a set into a throwaway cluster and compare", "verify", OPS),
+             ("lock_timeout", "hooks", "notify", "log", *READ)),
+        Spec("verify", "restore a set into a throwaway cluster and compare", "verify",
+             (*OPS, *READ)),
+        Spec("push", "upload the sets not yet off-site, then apply the remote's retention",
+             "push", ("retention", "lock_timeout", "remote", "encryption", *OPS)),
         Spec("show", "what one set holds", "show"),
         Spec("status", "whether the backups are fresh, verified and have room", "status",
-             ("monitor",)),
+             ("monitor", "remote")),
         Spec("schedule", "print, install or remove the daily backup's timer", "schedule",
              ("log",)),
     )
