@@ -20,6 +20,9 @@ import pytest
 from pgvault import cluster as clusters
 from pgvault.connection import Conn, connect
 
+# The S3-compatible server (moto) for the remote and attachments tests.
+pytest_plugins = ["tests.s3server"]
+
 HERE = Path(__file__).parent
 PASSWORD_USER = "pgvault_pw"
 PASSWORD = "s3cret-Pa55"
