@@ -229,7 +229,8 @@ def conceal(word: str) -> str:
 
     override = OverridesParser.create().parse_override(word)
     key = override.key_or_group
-    whole = key.lower().endswith("password")  # hydra.job.env_set.PGPASSWORD
+    # hydra.job.env_set.PGPASSWORD, remote.secret_access_key
+    whole = key.lower().endswith(masking.SECRET_KEYS)
     if key not in text_keys() and not whole:
         return word  # Hydra refuses a URL for a number, an enum or a bool at once
     value = override.value()

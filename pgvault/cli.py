@@ -90,7 +90,12 @@ def remember_secrets(args: list[str]) -> None:
     masking.reset()
     for a in args:
         masking.remember_in(a)
+        key, sep, value = a.partition("=")
+        if sep and key.lower().endswith(masking.SECRET_KEYS):
+            masking.remember(value.strip("'\""))
     masking.remember_in(os.environ.get("DATABASE_URL"))
+    for name in ("AWS_SECRET_ACCESS_KEY", "PGVAULT_STORAGE_SECRET_ACCESS_KEY"):
+        masking.remember(os.environ.get(name))
     public = " ".join(os.environ.get(k, "") for k in ("PGUSER", "PGDATABASE", "PGHOST"))
     masking.remember(os.environ.get("PGPASSWORD"), public=public)
 

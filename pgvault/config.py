@@ -321,8 +321,13 @@ def validate(cfg: PgvaultConfig) -> None:
     from pgvault.errors import ConfigError
 
     counts: dict[str, tuple[int, int]] = {"retention.days": (cfg.retention.days, MAX_DAYS)}
+    if cfg.remote.retention.days is not None:
+        counts["remote.retention.days"] = (cfg.remote.retention.days, MAX_DAYS)
     for rule in ("last", "daily", "weekly", "monthly", "yearly"):
         counts[f"retention.keep_{rule}"] = (getattr(cfg.retention, f"keep_{rule}"), MAX_COUNT)
+        remote = getattr(cfg.remote.retention, f"keep_{rule}")
+        if remote is not None:
+            counts[f"remote.retention.keep_{rule}"] = (remote, MAX_COUNT)
     for key, (value, most) in counts.items():
         if not 0 <= value <= most:
             raise ConfigError(f"{key} is {value}", f"use 0 to {most:_} (0: rule off)")
@@ -332,6 +337,7 @@ def validate(cfg: PgvaultConfig) -> None:
         "restore.table_lock_timeout": (cfg.restore.table_lock_timeout, 1.0),
     }
     waits["hooks.timeout"] = (cfg.hooks.timeout, 1.0)
+    waits["remote.timeout"] = (cfg.remote.timeout, 1.0)
     for key, (seconds, least) in waits.items():
         # Written so that nan fails too: every comparison with it is false.
         if not least <= seconds <= MAX_WAIT:

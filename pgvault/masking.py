@@ -40,6 +40,10 @@ _SLOT = re.compile(r"\$\{" + RESOLVER + r":\d+\}")
 _PORTS = re.compile(r"\d*(?:,[^,/?\s]*)*")  # a port, or the first of host:port,host:port
 
 
+# Config keys whose whole value is a secret (a URL's password is found inside it).
+SECRET_KEYS = ("password", "secret_access_key")
+
+
 def reset() -> None:
     """Forget the secrets of an earlier run (a process that runs main() twice)."""
     _known.clear()

@@ -68,6 +68,9 @@ def effective(cfg: config.PgvaultConfig, command: str) -> tuple[dict[str, Any], 
     if notify["ping_url"]:
         notify["ping_url"] = shown_url(notify["ping_url"])
     notify["apprise"] = [shown_url(u) for u in notify["apprise"]]
+    for node in (full["remote"], full["target"]["storage"]):
+        if node["secret_access_key"]:
+            node["secret_access_key"] = "****"
     keys = SPECS[command].keys
     shown: dict[str, Any] = {"command": command}
     for key in full:

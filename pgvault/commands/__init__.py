@@ -109,6 +109,8 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context | None = None) -> Outcome
     # the target's URL is otherwise read (and its password remembered) only inside the run.
     for url in (cfg.target.url, cfg.restore.target, cfg.verify.target):
         masking.remember_in(url)
+    masking.remember(cfg.remote.secret_access_key)
+    masking.remember(cfg.target.storage.secret_access_key)
 
     observers = operations.observers(cfg, ui, ctx) if name in operations.COMMANDS else []
 

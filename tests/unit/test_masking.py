@@ -163,6 +163,19 @@ def test_conceal_covers_each_value_of_a_sweep_and_password_keys():
     assert conceal("retention.days=postgresql://u:pw@h") == "retention.days=postgresql://u:pw@h"
 
 
+@pytest.mark.parametrize("key", ["remote.secret_access_key", "target.storage.secret_access_key"])
+def test_a_secret_key_is_concealed_whole_and_masked_in_the_printed_config(key, capsys):
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCY"
+    word = conceal(f"{key}={secret}")
+    assert secret not in word and resolved(word) == secret
+    from pgvault import cli
+
+    cli.main(["backup", "--cfg", "job", "dir=/tmp/pgvault-unused", f"{key}={secret}"])
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err
+    assert "secret_access_key: '****'" in out.out
+
+
 # --- the CLI edge, in this process --------------------------------------------------------
 
 SHAPES = [
