@@ -22,6 +22,7 @@ from pgvault import (
     __version__,
     catalog,
     clients,
+    encryption,
     locks,
     naming,
     pipeline,
@@ -121,9 +122,10 @@ def take_backup(
     "safety" marks the set a restore takes before it replaces a database.
 
     Everything that can be checked is checked before the directory is touched: its
-    name, the compressor, the server (reachable, password, database) and the client
-    programs' version.
+    name, the compressor, the encryption recipients, the server (reachable, password,
+    database) and the client programs' version.
     """
+    encryption.check_recipients(cfg.encryption.recipients)
     catalog.backup_dir(cfg.dir, create=False)
     if apply_retention:
         retention.check_policy(cfg.retention)
@@ -139,6 +141,10 @@ def take_backup(
             server_major, conn.where, clients.CLIENT_PROGRAMS, cfg.clients.bindir
         )
         profile = profiles.choose(pg, cfg.target.profile, conn.dbname)
+        if cfg.backup.attachments:
+            from pgvault import attachments
+
+            attachments.check(cfg, profile[0])
         source = sources.at(conn.where, conn.dbname, socket.gethostname())
 
         def check_room(where: Path) -> None:
@@ -197,7 +203,10 @@ def _write_set(
     profile, why = chosen
     prefix = choose_prefix(directory, clock)
     kinds = naming.SQL_KINDS + ((naming.PLATFORM,) if profiles.has_platform_file(profile) else ())
-    final = {k: directory / naming.file_name(prefix, k, compression) for k in kinds}
+    kinds += (naming.ATTACHMENTS,) if cfg.backup.attachments else ()
+    recipients = cfg.encryption.recipients
+    final = {k: directory / naming.file_name(prefix, k, compression, bool(recipients))
+             for k in kinds}  # fmt: skip
     partial = {k: p.with_name(p.name + naming.PARTIAL_SUFFIX) for k, p in final.items()}
     ui.note(f"Backing up {conn.dbname} at {conn.where} (target {cfg.target.name})...")
     ui.note(f"Profile: {profile} ({why})")
@@ -207,8 +216,15 @@ def _write_set(
     try:
         snapshot, facts, stats, tables = _dump(
             ui, pg, conn, programs, partial, compressor, profile, estimate,
-            cfg.backup.table_lock_timeout,
+            cfg.backup.table_lock_timeout, recipients,
         )  # fmt: skip
+        listed = None
+        if cfg.backup.attachments:
+            from pgvault import attachments
+
+            stats[naming.ATTACHMENTS], listed = attachments.write_part(
+                cfg, pg, partial[naming.ATTACHMENTS], recipients
+            )
         for kind in kinds:
             partial[kind].rename(final[kind])
         catalog.fsync_dir(directory)
@@ -237,6 +253,9 @@ def _write_set(
             # Where the schema file's post-data part (indexes, constraints, triggers) starts.
             "schema_post_data_offset": stats["schema"].offsets[1],
             "tables": tables,
+            "encryption": {"method": encryption.METHOD, "recipients": recipients}
+            if recipients else None,
+            "attachments": listed.to_json() if listed is not None else None,
             **facts,
         })  # fmt: skip
         path = directory / naming.file_name(prefix, "manifest")
@@ -264,6 +283,7 @@ def _dump(
     profile: str,
     estimate: int | None,
     table_lock_timeout: float,
+    recipients: list[str],
 ) -> tuple[dict[str, str], dict[str, Any], dict[str, pipeline.FileStats], dict[str, Any]]:
     """Run the three dumps into the partial files; return the snapshot, the facts read in
     it, each file's stats and the per-table row counts and checksums."""
@@ -308,6 +328,7 @@ def _dump(
                     env,
                     partial["roles"],
                     transform=plan.roles_transform(),
+                    recipients=recipients,
                 ),
                 "schema": pool.submit(
                     pipeline.stream_to_file,
@@ -317,6 +338,7 @@ def _dump(
                     transform=plan.schema_transform(),
                     prologue=plan.schema_prologue(),
                     trailer=plan.schema_trailer(),
+                    recipients=recipients,
                 ),
             }
             if naming.PLATFORM in partial:
@@ -326,6 +348,7 @@ def _dump(
                     env,
                     partial[naming.PLATFORM],
                     transform=plan.platform_transform(),
+                    recipients=recipients,
                 )
             with ui.transfer("data", estimate) as progress:
                 stats["data"] = pipeline.stream_to_file(
@@ -342,6 +365,7 @@ def _dump(
                     compressor=compressor,
                     progress=progress,
                     trailer=matview_trailer(facts["matviews"]),
+                    recipients=recipients,
                 )
             for kind, fut in futures.items():
                 stats[kind] = fut.result()

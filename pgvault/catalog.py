@@ -396,6 +396,6 @@ def find_set(directory: Path, prefix: str, scanned: list[BackupSet] | None = Non
             f"backup set {prefix} lacks {', '.join(bset.missing)}",
             "restore the missing files or pick another set",
         )
-    kinds = [*naming.SQL_KINDS, naming.PLATFORM]
+    kinds = [*naming.SQL_KINDS, naming.PLATFORM, naming.ATTACHMENTS]
     files = {k: bset.files[k] for k in kinds if k in bset.manifest.files}
     return BackupSet(prefix, directory, files, manifest=bset.manifest)

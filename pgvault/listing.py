@@ -61,6 +61,16 @@ def _compression(bset: BackupSet) -> str | None:
     return bset.compression if "data" in bset.files else None
 
 
+def encryption_of(bset: BackupSet) -> str | None:
+    """How the set's files are encrypted ("age"), None when they are not; without a
+    manifest, what their names say."""
+    if bset.manifest is not None:
+        m = bset.manifest.encryption
+        return m.method if m is not None else None
+    encrypted = any(p.name.endswith(naming.ENCRYPTED_SUFFIX) for p in bset.all_paths())
+    return "age" if encrypted else None
+
+
 def view_directory(directory: Path, *, check: bool) -> list[BackupSet]:
     """Every set in directory, newest first, assessed."""
     try:
@@ -108,7 +118,7 @@ def _size(bset: BackupSet) -> int:
     return sum(f.size for f in bset.on_disk)
 
 
-def render_text(directory: Path, sets: list[BackupSet], now: datetime, check: bool) -> str:
+def render_text(directory: Path | str, sets: list[BackupSet], now: datetime, check: bool) -> str:
     """The table `pgvault list` prints: a header, one line per set, a summary."""
     header = (
         "PREFIX",
@@ -130,7 +140,7 @@ def render_text(directory: Path, sets: list[BackupSet], now: datetime, check: bo
                 local_time_text(s.time) if s.time else "?",
                 age_text((now - s.time).total_seconds()) if s.time else "?",
                 mb(_size(s)),
-                _compression(s) or "?",
+                (_compression(s) or "?") + (f"+{e}" if (e := encryption_of(s)) else ""),
                 s.status,
                 record.verdict if record else "never",
                 s.kind,
@@ -183,6 +193,7 @@ class ListedSet(_Doc):
     age_seconds: int | None
     size_bytes: int
     compression: str | None
+    encryption: str | None = None  # "age" when the set's files are encrypted
     status: str  # complete, incomplete, damaged or in progress
     problem: str | None
     kind: str  # regular or safety
@@ -200,7 +211,9 @@ class ListDocument(_Doc):
     sets: list[ListedSet]
 
 
-def document(directory: Path, sets: list[BackupSet], now: datetime, check: bool) -> ListDocument:
+def document(
+    directory: Path | str, sets: list[BackupSet], now: datetime, check: bool
+) -> ListDocument:
     """The document `pgvault list format=json` prints: exact bytes, UTC times."""
     out = []
     for s in sets:
@@ -222,6 +235,7 @@ def document(directory: Path, sets: list[BackupSet], now: datetime, check: bool)
                 age_seconds=int((now - s.time).total_seconds()) if s.time else None,
                 size_bytes=_size(s),
                 compression=_compression(s),
+                encryption=encryption_of(s),
                 status=s.status,
                 problem=s.problem,
                 kind=s.kind,
@@ -239,7 +253,7 @@ def document(directory: Path, sets: list[BackupSet], now: datetime, check: bool)
     )
 
 
-def render_json(directory: Path, sets: list[BackupSet], now: datetime, check: bool) -> str:
+def render_json(directory: Path | str, sets: list[BackupSet], now: datetime, check: bool) -> str:
     return document(directory, sets, now, check).model_dump_json(indent=2)
 
 

@@ -150,6 +150,7 @@ def restore_parts(
     strict: bool = True,
     schema_keep: Callable[[Entry], bool] | None = None,
     lock_timeout_ms: int = 60_000,
+    identity: str | None = None,
 ) -> Callable[[list[pipeline.Stage]], Iterator[bytes]]:
     """The one stream psql reads: the whole restore inside a single transaction, in the
     order pre-data, data, post-data, so indexes and constraints are built once.
@@ -157,7 +158,8 @@ def restore_parts(
     strict: stop before COMMIT when the data file's rows disagree with the manifest (a
     file cut between two tables restores cleanly otherwise). schema_keep: leave out the
     schema file's entries for which it is false (verify: extensions a server lacks).
-    lock_timeout_ms: how long the wipe waits for a table another session holds."""
+    lock_timeout_ms: how long the wipe waits for a table another session holds. identity:
+    the age key file an encrypted set is decrypted with."""
     drop = _NEW_SETTINGS if server_major < 17 else ()
     assert bset.manifest is not None, "restore_parts takes a complete set"
     manifest = bset.manifest
@@ -175,7 +177,9 @@ def restore_parts(
         transform = drop_lines(drop)
         if keep is not None:
             transform = chain(EntryFilter(keep), transform)
-        for chunk in pipeline.file_chunks(path, {}, running, start=start, stop=stop):
+        for chunk in pipeline.file_chunks(
+            path, {}, running, start=start, stop=stop, identity=identity
+        ):
             yield transform(chunk)
         yield transform(b"") + b"\n"
 
@@ -189,8 +193,9 @@ def restore_parts(
         started = len(running)
         try:
             for chunk in pipeline.file_chunks(
-                bset.files["data"], os.environ, running, decompressor=decompress
-            ):
+                bset.files["data"], os.environ, running, decompressor=decompress,
+                identity=identity,
+            ):  # fmt: skip
                 yield data(chunk)
         except ClientProgramError as e:
             # The decompressor failed. Killed, it says nothing of the file; else the file
@@ -271,14 +276,16 @@ def load_set(
     schema_keep: Callable[[Entry], bool] | None = None,
     progress: Listener | None = None,
     lock_timeout_ms: int = 60_000,
+    identity: str | None = None,
 ) -> None:
     """Replace conn's database with the set, atomically: on any failure nothing changed.
-    strict, schema_keep and lock_timeout_ms: see restore_parts; progress hears of the
-    bytes psql reads."""
+    strict, schema_keep, lock_timeout_ms and identity: see restore_parts; progress hears
+    of the bytes psql reads."""
     argv = [psql, *clients.psql_args(conn.conninfo)]
     parts = restore_parts(
-        bset, server_major, strict=strict, schema_keep=schema_keep, lock_timeout_ms=lock_timeout_ms
-    )
+        bset, server_major, strict=strict, schema_keep=schema_keep,
+        lock_timeout_ms=lock_timeout_ms, identity=identity,
+    )  # fmt: skip
     try:
         with (progress or Silent()).transfer("restore", stream_size(bset)) as advance:
 

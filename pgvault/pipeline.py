@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pgvault import store
+from pgvault import encryption, store
 from pgvault.errors import ClientProgramError
 from pgvault.execute import DEVNULL, PIPE, widen
 from pgvault.execute import Stage as Stage
@@ -57,12 +57,21 @@ class _Sink:
     overlap with reading and observing the stream on the calling thread.
     """
 
-    def __init__(self, fd: int, observers: Sequence[Observer], comp: Stage | None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        observers: Sequence[Observer],
+        comp: Stage | None,
+        recipients: Sequence[str] = (),
+    ) -> None:
         self.fd = fd
+        # Encrypting: the bytes go on to a thread of their own, which hashes what it writes.
+        self.encryptor = encryption.Encryptor(fd, recipients) if recipients else None
         self.observers = observers
         self.comp = comp
         self.hash = hashlib.sha256()
         self.written = 0  # bytes in the file so far (the writer thread's count)
+        self.digest = ""  # the file's sha256, once finished
         self.accepted = 0  # bytes handed in so far: an offset before compression
         self.errors: list[BaseException] = []
         self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
@@ -75,6 +84,9 @@ class _Sink:
         self.thread.start()
 
     def _to_file(self, chunk: bytes) -> None:
+        if self.encryptor is not None:
+            self.encryptor.write(chunk)
+            return
         self.hash.update(chunk)
         write_all(self.fd, chunk)
         self.written += len(chunk)
@@ -140,6 +152,10 @@ class _Sink:
             raise self.errors[0]
         if self.comp is not None:
             self.comp.check()
+        if self.encryptor is not None:
+            self.digest, self.written = self.encryptor.finish()
+        else:
+            self.digest = self.hash.hexdigest()
 
     def abort(self) -> None:
         """Stop the writer thread without finishing the file."""
@@ -147,6 +163,8 @@ class _Sink:
         if self.comp is not None:
             self.comp.kill()  # its output ends, so the pump thread ends too
         self.thread.join(timeout=30)
+        if self.encryptor is not None:
+            self.encryptor.abort()
 
 
 def stream_to_file(
@@ -160,14 +178,16 @@ def stream_to_file(
     progress: Callable[[int], None] | None = None,
     prologue: bytes = b"",
     trailer: bytes = b"",
+    recipients: Sequence[str] = (),
 ) -> FileStats:
     """Run each argv in sources, one after another, streaming their stdout into a new
     file dest (mode 0600; a `.partial` a killed run left there is replaced, anything else
     there is an error, and a symlink is never followed).
 
     Each chunk goes through transform, to the observers, then (optionally) through a
-    compressor; prologue comes first and trailer last. The sha256 and size are of the bytes
-    written to dest. On failure every stage is killed, dest removed, and the error raised.
+    compressor, then (when there are recipients) age encryption; prologue comes first and
+    trailer last. The sha256 and size are of the bytes written to dest. On failure every
+    stage is killed, dest removed, and the error raised.
     """
     fd = store.create_new(dest)
     try:
@@ -176,7 +196,7 @@ def stream_to_file(
             if compressor is not None:
                 comp = Stage(compressor, env, stdin=PIPE)
                 running.append(comp)
-            sink = _Sink(fd, observers, comp)
+            sink = _Sink(fd, observers, comp, recipients)
             try:
                 total = 0
                 offsets = []
@@ -207,7 +227,7 @@ def stream_to_file(
             dest.unlink()
         raise
     os.close(fd)
-    return FileStats(sink.hash.hexdigest(), sink.written, tuple(offsets))
+    return FileStats(sink.digest, sink.written, tuple(offsets))
 
 
 def file_chunks(
@@ -218,9 +238,17 @@ def file_chunks(
     decompressor: Sequence[str] | None = None,
     start: int = 0,
     stop: int | None = None,
+    identity: str | None = None,
 ) -> Iterator[bytes]:
     """Yield the bytes of path[start:stop], through a decompressor if one is given
-    (then the whole file). The decompressor's exit status is checked at the end."""
+    (then the whole file). The decompressor's exit status is checked at the end.
+
+    A file whose name ends in .age is decrypted first with the age key file identity
+    (start and stop are then offsets of the plain bytes); a decryption that fails is an
+    IntegrityError, raised before the decompressor's own complaint about its cut input."""
+    if encryption.is_encrypted(path):
+        yield from _decrypted_chunks(path, env, running, decompressor, start, stop, identity)
+        return
     if decompressor is not None:
         # The file goes in as stdin, opened here: given the path, gzip follows a symlink
         # and zstd blocks forever on a fifo.
@@ -242,6 +270,48 @@ def file_chunks(
             if left is not None:
                 left -= len(chunk)
             yield chunk
+
+
+def _decrypted_chunks(
+    path: Path,
+    env: Mapping[str, str],
+    running: list[Stage],
+    decompressor: Sequence[str] | None,
+    start: int,
+    stop: int | None,
+    identity: str | None,
+) -> Iterator[bytes]:
+    dec = encryption.Decryptor(path, identity)
+    stage = None
+    try:
+        if decompressor is not None:
+            stage = Stage(list(decompressor), env, stdin=dec.reader)
+            running.append(stage)
+            # Only the decompressor reads the pipe now: when it stops, the decrypting
+            # thread's next write fails and the thread ends.
+            dec.reader.close()
+            assert stage.proc.stdout is not None
+            while chunk := stage.proc.stdout.read(CHUNK):
+                yield chunk
+            dec.check()
+            stage.check()
+            return
+        at = 0
+        while stop is None or at < stop:
+            want = CHUNK if stop is None else min(CHUNK, stop - at)
+            chunk = dec.reader.read(want)
+            if not chunk:
+                dec.check()
+                return
+            begin, at = at, at + len(chunk)
+            if at > start:
+                yield chunk[max(0, start - begin) :]
+    finally:
+        # Stopped early (a reader that gave up, or an error): the decompressor goes first,
+        # else the decrypting thread could wait on it while it waits on a reader.
+        if stage is not None:
+            stage.kill()
+        dec.close()
 
 
 def stream_into(
@@ -291,17 +361,26 @@ def write_chunks(
     """Write chunks into a new file dest (as stream_to_file creates it), encrypted for
     recipients when there are any; sha256 and size are of the bytes on disk. On failure
     dest is removed and the error raised."""
-    if recipients:
-        raise NotImplementedError("encryption comes with pgvault.encryption")
     fd = store.create_new(dest)
     digest, size = hashlib.sha256(), 0
+    encryptor = None
     try:
+        if recipients:
+            encryptor = encryption.Encryptor(fd, recipients)
+            for chunk in chunks:
+                encryptor.write(chunk)
+            sha256, size = encryptor.finish()
+            os.fsync(fd)
+            os.close(fd)
+            return FileStats(sha256, size)
         for chunk in chunks:
             digest.update(chunk)
             write_all(fd, chunk)
             size += len(chunk)
         os.fsync(fd)
     except BaseException:
+        if encryptor is not None:
+            encryptor.abort()
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             dest.unlink()
@@ -312,9 +391,10 @@ def write_chunks(
 
 def read_chunks(path: Path, *, identity: str | None = None) -> Iterator[bytes]:
     """Yield a set file's plain bytes: decrypted with identity when the name says it is
-    encrypted."""
-    if path.name.endswith(".age"):
-        raise NotImplementedError("decryption comes with pgvault.encryption")
+    encrypted; IntegrityError when that fails."""
+    if encryption.is_encrypted(path):
+        yield from _decrypted_chunks(path, {}, [], None, 0, None, identity)
+        return
     with open_regular(path) as f:
         while chunk := f.read(CHUNK):
             yield chunk

@@ -11,7 +11,9 @@ raised instead: verify could not run, and the earlier verdict stands.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +24,12 @@ from typing import Any, Literal
 
 import psycopg
 
-from pgvault import catalog, clients, load, naming, pipeline
+from pgvault import catalog, clients, encryption, load, naming, pipeline
 from pgvault.catalog import BackupSet
 from pgvault.config import PgvaultConfig, Profile
 from pgvault.connection import connect
 from pgvault.dumpstream import CopyStats
-from pgvault.errors import ClientProgramError, NotFound, PgvaultError
+from pgvault.errors import ClientProgramError, IntegrityError, NotFound, PgvaultError
 from pgvault.facts import pgoptions, read_facts
 from pgvault.listener import Listener
 from pgvault.manifest import (
@@ -137,25 +139,59 @@ def verify_set(
     PgvaultError only when the check could not run; a bad set is a failed result."""
     result = VerifyResult(bset.prefix, profile=Plan.from_manifest(_manifest(bset)).profile)
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Checksums are read while the cluster starts (hashing releases the GIL).
-        checked = pool.submit(catalog.file_problems, bset, checksums=True)
-        with scratch(cfg, bset) as target:
+    key = cfg.encryption.identity
+    try:
+        encryption.check_set(bset, key)  # a missing or wrong key: verify cannot run
+    except IntegrityError as e:  # a damaged header: the set is bad, nothing to load
+        result.problems += catalog.file_problems(bset, checksums=True) or [e.what]
+        result.restored = False
+    with contextlib.ExitStack() as stack:
+        if result.restored:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            # Checksums are read while the cluster starts (hashing releases the GIL).
+            checked = pool.submit(catalog.file_problems, bset, checksums=True)
+            target = stack.enter_context(scratch(cfg, _for_scratch(stack, bset, key)))
             damage = checked.result()
             result.problems += damage
             try:
-                _restore_and_compare(bset, target, result, progress)
+                _restore_and_compare(bset, target, result, progress, key)
             except PgvaultError:
                 if not damage:
                     raise
                 # Files that disagree with the manifest make a bad set, whatever else
                 # then failed (a file swapped for a link or a fifo cannot even be read).
+        if _manifest(bset).attachments is not None:
+            from pgvault import attachments
+
+            result.problems += attachments.check_part(bset, key)
     result.duration_s = time.monotonic() - started
     return result
 
 
+def _for_scratch(stack: contextlib.ExitStack, bset: BackupSet, key: str | None) -> BackupSet:
+    """bset as the throwaway cluster's setup reads it: a Supabase stand-in loads the
+    roles and platform files with `psql -f`, so an encrypted set's go there decrypted, in
+    a private directory removed afterwards (the cluster beside them holds the plain
+    data anyway)."""
+    if not any(encryption.is_encrypted(p) for p in bset.files.values()):
+        return bset
+    if not Plan.from_manifest(_manifest(bset)).scope:
+        return bset
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pgvault-verify-")))
+    files = dict(bset.files)
+    for kind in ("roles", naming.PLATFORM):
+        if kind in files:
+            files[kind] = tmp / files[kind].name.removesuffix(naming.ENCRYPTED_SUFFIX)
+            pipeline.write_chunks(files[kind], pipeline.read_chunks(bset.files[kind], identity=key))
+    return dataclasses.replace(bset, files=files)
+
+
 def _restore_and_compare(
-    bset: BackupSet, target: Scratch, result: VerifyResult, progress: Listener | None
+    bset: BackupSet,
+    target: Scratch,
+    result: VerifyResult,
+    progress: Listener | None,
+    key: str | None = None,
 ) -> None:
     """Load bset into the target's empty database, then fill result with the comparison."""
     m = _manifest(bset)
@@ -170,8 +206,9 @@ def _restore_and_compare(
     keep = skip_entries(set(missing)) if missing else None
     try:
         load.load_set(
-            bset, target.conn, target.psql, target.major, schema_keep=keep, progress=progress
-        )
+            bset, target.conn, target.psql, target.major, schema_keep=keep, progress=progress,
+            identity=key,
+        )  # fmt: skip
     except PgvaultError as e:
         if missing:
             raise PgvaultError(
@@ -185,7 +222,7 @@ def _restore_and_compare(
         result.problems.append(e.what)
         # Name the tables all the same, from what the data file holds.
         result.restored = False
-        result.tables = compare_tables(expected, file_tables(bset))
+        result.tables = compare_tables(expected, file_tables(bset, key))
         return
     # The set loaded: whatever fails from here on is not its fault.
     with _could_not_run(bset.prefix, target):
@@ -226,14 +263,16 @@ def _could_not_run(prefix: str, target: Scratch) -> Iterator[None]:
         raise PgvaultError(f"verify of {prefix} could not run: {why}", hint) from None
 
 
-def file_tables(bset: BackupSet) -> dict[str, dict[str, Any]]:
+def file_tables(bset: BackupSet, key: str | None = None) -> dict[str, dict[str, Any]]:
     """Rows and content checksum per table as the set's data file holds them, as far as
-    it can be read (a damaged file: up to where it breaks off)."""
+    it can be read (a damaged file: up to where it breaks off). key: the age key file of
+    an encrypted set."""
     stats = CopyStats()
     decompress = clients.decompressor(bset.compression)
-    with contextlib.suppress(ClientProgramError, OSError), pipeline.stages() as running:
+    cannot = (ClientProgramError, IntegrityError, OSError)
+    with contextlib.suppress(*cannot), pipeline.stages() as running:
         for chunk in pipeline.file_chunks(
-            bset.files["data"], os.environ, running, decompressor=decompress
+            bset.files["data"], os.environ, running, decompressor=decompress, identity=key
         ):
             stats.feed(chunk)
     return stats.result()

@@ -67,10 +67,22 @@ def render_text(bset: BackupSet) -> str:
         f"  versions: PostgreSQL {m.server_version}, pg_dump {m.dump_version}, "
         f"pgvault {m.tool_version} (manifest format {m.format})",
         f"  compression: {m.compression}",
+        "  encryption: "
+        + (
+            f"{m.encryption.method}, to {', '.join(m.encryption.recipients)}"
+            if m.encryption is not None
+            else "none"
+        ),
         "  files:",
     ]
     for entry in m.files.values():
         lines.append(f"    {entry.name}  {mb(entry.size)}  sha256 {entry.sha256}")
+    if m.attachments is not None:
+        objects = m.attachments.objects
+        lines.append(
+            f"  attachments: {len(objects)} object(s), {mb(sum(o.size for o in objects))}, "
+            f"from bucket(s) {', '.join(m.attachments.buckets) or 'none'}"
+        )
     lines.append(f"  tables ({len(m.tables)}, {sum(t.rows for t in m.tables.values())} rows):")
     width = max((len(n) for n in m.tables), default=0)
     for name, t in m.tables.items():
