@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pgvault import catalog, clients, locks
+from pgvault import catalog, clients, encryption, locks
 from pgvault.catalog import BackupSet
 from pgvault.config import Confirm, PgvaultConfig, Profile, TargetConfig
 from pgvault.connection import Conn, conn_for_target, conn_from_url, connect
@@ -42,13 +42,15 @@ def file_problems(bset: BackupSet) -> list[str]:
 @dataclass(frozen=True)
 class RestorePlan:
     """Everything a restore checked before it asks: the set, the database it replaces,
-    and the psql that will load it. problems: damage that force=true lets through."""
+    and the psql that will load it. problems: damage that force=true lets through.
+    storage: whether the set's Supabase Storage objects are put back (target.storage)."""
 
     bset: BackupSet
     conn: Conn
     state: TargetState
     psql: str
     problems: list[str]
+    storage: bool = False
 
 
 def plan_restore(cfg: PgvaultConfig, env_name: str) -> RestorePlan:
@@ -69,24 +71,40 @@ def plan_restore(cfg: PgvaultConfig, env_name: str) -> RestorePlan:
             "restore another set, or pass force=true to restore it anyway",
         )
     clients.decompressor(bset.compression)  # a missing zstd/gzip fails here, not mid-way
+    # A missing or wrong key, before the target is even looked at.
+    encryption.check_set(bset, cfg.encryption.identity)
+    storage = False
+    if bset.manifest is not None and bset.manifest.attachments is not None:
+        from pgvault import attachments
+
+        storage = attachments.put_back(cfg, bset)
+        attachments.check_restore(cfg, bset)  # Storage answers, before the database changes
     conn = restore_conn(cfg)
     assert bset.manifest is not None  # find_set gives a complete set
     state = inspect_target(conn, opts.create_database, Plan.from_manifest(bset.manifest).profile)
     psql = psql_for(state.major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version)
-    return RestorePlan(bset, conn, state, psql, problems)
+    return RestorePlan(bset, conn, state, psql, problems, storage)
 
 
 def apply_restore(
     cfg: PgvaultConfig, plan: RestorePlan, ui: Listener, on_safety: Callable[[str], None]
 ) -> None:
     """Under the directory's lock (no prune or backup meanwhile), take the safety backup
-    (on_safety hears its prefix), then replace the database in one transaction."""
+    (on_safety hears its prefix), then replace the database in one transaction, then put
+    the set's Storage objects back when plan.storage (the safety backup copied the live
+    ones first: when that copy fails, nothing changes)."""
     directory = plan.bset.directory
     # The safety backup takes the lock again: it is re-entrant within this process.
     with catalog.locked(directory, timeout=cfg.lock_timeout, what="restore"):
         if plan.state.exists and cfg.restore.safety_backup:
-            on_safety(safety_backup(cfg, plan.conn, directory))
+            m = plan.bset.manifest
+            sealed = list(m.encryption.recipients) if m and m.encryption else []
+            on_safety(safety_backup(cfg, plan.conn, directory, sealed, storage=plan.storage))
         replace_database(cfg, ui, plan.bset, plan.conn, plan.psql, plan.state)
+        if plan.storage:
+            from pgvault import attachments
+
+            attachments.restore_part(cfg, plan.bset, ui, cfg.encryption.identity)
 
 
 def restore_conn(cfg: PgvaultConfig) -> Conn:
@@ -162,8 +180,19 @@ def confirmed(cfg: PgvaultConfig, question: str, ask: Callable[[str], str] = inp
     return answer.strip().lower() in ("y", "yes")
 
 
-def safety_backup(cfg: PgvaultConfig, conn: Conn, directory: Path) -> str:
-    """Back up the database about to be replaced into directory; return its prefix."""
+def safety_backup(
+    cfg: PgvaultConfig,
+    conn: Conn,
+    directory: Path,
+    recipients: list[str] | None = None,
+    *,
+    storage: bool = False,
+) -> str:
+    """Back up the database about to be replaced into directory; return its prefix. It is
+    encrypted to encryption.recipients, else to recipients (the restored set's: whoever
+    restores an encrypted set holds a key that opens its safety backup too). storage: the
+    restore will overwrite and delete objects in target.storage, so the safety backup
+    copies them too (backup.attachments=true)."""
     from pgvault.backup import take_backup
 
     # The password rides along in memory only: conn_from_url takes it out again.
@@ -171,7 +200,14 @@ def safety_backup(cfg: PgvaultConfig, conn: Conn, directory: Path) -> str:
     if conn.password is not None:
         info = make_conninfo(info, password=conn.password)
     target = TargetConfig(name=cfg.target.name, url=info or None)
-    sub = replace(cfg, dir=str(directory), target=target, quiet=True)
+    if storage:
+        target = replace(target, storage=cfg.target.storage)
+    # Storage's objects exactly when the restore changes them (a backup.attachments=true
+    # of the configured target must not make a scratch restore copy the live buckets).
+    options = replace(cfg.backup, attachments=storage)
+    sub = replace(cfg, dir=str(directory), target=target, backup=options, quiet=True)
+    if recipients and not cfg.encryption.recipients:
+        sub = replace(sub, encryption=replace(cfg.encryption, recipients=recipients))
     # No retention here: it could delete the very set being restored.
     try:
         result = take_backup(sub, Silent(), apply_retention=False, kind="safety")
@@ -194,7 +230,7 @@ def replace_database(
         try:
             load_set(
                 bset, conn, psql, state.major, strict=not cfg.restore.force, progress=ui,
-                lock_timeout_ms=wait_ms,
+                lock_timeout_ms=wait_ms, identity=cfg.encryption.identity,
             )  # fmt: skip
         except RestoreFailed as e:
             if not locks.is_lock_timeout(e.detail):
@@ -211,7 +247,10 @@ def replace_database(
     _drop_leftover(partial, conn.dbname)
     _create_database(partial, conn)
     try:
-        load_set(bset, partial, psql, state.major, strict=not cfg.restore.force, progress=ui)
+        load_set(
+            bset, partial, psql, state.major, strict=not cfg.restore.force, progress=ui,
+            identity=cfg.encryption.identity,
+        )  # fmt: skip
         _rename_database(partial, conn)
     except BaseException as e:
         dropped = _drop_database(ui, partial, state.major)
