@@ -1,6 +1,6 @@
-"""What runs around a command that changes something (backup, restore, verify, prune):
-the state file `pgvault status` reads (backup and verify), log.file, metrics, hook
-commands, pings and Apprise. Each is a hooks.Hook for this run; none of them can fail
+"""What runs around a command that changes something (backup, restore, verify, prune,
+push): the state file `pgvault status` reads (backup, verify and push), log.file,
+metrics, hook commands, pings and Apprise. Each is a hooks.Hook for this run; none of them can fail
 the command, except a before-hook, which is the user's own gate."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pgvault.commands import Context
 from pgvault.config import PgvaultConfig
 from pgvault.ui import Reporter
 
-COMMANDS = ("backup", "restore", "verify", "prune")
+COMMANDS = ("backup", "restore", "verify", "prune", "push")
 
 
 # The runs `pgvault status` reads back from the state file. A restore or prune refused
 # for bad input leaves the backup directory exactly as it was.
-RECORDED = ("backup", "verify")
+RECORDED = ("backup", "verify", "push")
 
 
 def observers(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> list[hooks.Hook]:

@@ -34,6 +34,29 @@ def record(run: hooks.Run, event: hooks.Event, directory: Path) -> None:
         store.write_json_atomic(directory / STATE_FILE, state)
 
 
+def record_offsite(directory: Path, target: str, entry: dict[str, Any]) -> None:
+    """Merge entry (url, last_upload, newest) into target's off-site record: what
+    `pgvault status` says about the remote without asking it. A failed upload's entry
+    has no newest: the one recorded before stays, unless it was another remote's."""
+    with store.flock_dir(directory, timeout=LOCK_WAIT):
+        state = read(directory)
+        records = state.get("offsite")
+        if not isinstance(records, dict):
+            records = state["offsite"] = {}
+        before = records.get(target)
+        if not isinstance(before, dict) or before.get("url") != entry.get("url"):
+            before = {}
+        records[target] = {**before, **entry}
+        store.write_json_atomic(directory / STATE_FILE, state)
+
+
+def offsite(directory: Path, target: str) -> dict[str, Any] | None:
+    """target's off-site record (record_offsite), or None."""
+    records = read(directory).get("offsite")
+    found = records.get(target) if isinstance(records, dict) else None
+    return found if isinstance(found, dict) else None
+
+
 def entry(run: hooks.Run, event: hooks.Event) -> dict[str, Any]:
     out: dict[str, Any] = {
         "status": run.status if event is not hooks.Event.start else "running",

@@ -4,6 +4,8 @@ Four checks, each against a monitor.* threshold: the newest complete set's age, 
 newest verified set's age, the last backup run's outcome (from the state file), and
 the free space against the next set's expected size. Any failed check is a problem;
 the command exits 1 when there is one, so cron, CI and Nagios can act on it.
+With remote.url, it also says which set is the newest off-site, and the last upload
+failing is a problem: both from the state file, so status never needs the network.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgvault import catalog, runstate, sources, space, store, units
+from pgvault import catalog, naming, runstate, sources, space, store, units
 from pgvault.config import MonitorConfig, PgvaultConfig
 
 
@@ -40,6 +42,10 @@ class Status:
     problems: list[str] = field(default_factory=list)
     # Sets newer than the newest verified one whose verify found a mismatch.
     failed_verify: list[str] = field(default_factory=list)
+    # With remote.url: its URL, the newest set uploaded there and the last upload's record.
+    remote_url: str | None = None
+    newest_offsite: SetInfo | None = None
+    last_upload: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -47,11 +53,16 @@ class Status:
 
 
 def target_sets(cfg: PgvaultConfig, directory: Path) -> list[catalog.BackupSet]:
-    """The target's complete regular sets, newest first: by source when the target's
+    """The target's complete regular sets in directory, newest first."""
+    return of_target(cfg, catalog.scan(directory))
+
+
+def of_target(cfg: PgvaultConfig, sets: list[catalog.BackupSet]) -> list[catalog.BackupSet]:
+    """Of sets, the target's complete regular ones: by source when the target's
     connection settings can be read, else by the target name the manifests record."""
     want = sources.of_target(cfg.target)
     found = []
-    for s in catalog.scan(directory):
+    for s in sets:
         if not (s.complete and s.kind == "regular" and s.manifest is not None):
             continue
         if (s.source == want) if want is not None else (s.manifest.target == cfg.target.name):
@@ -80,10 +91,29 @@ def assess(cfg: PgvaultConfig, directory: Path, now: datetime) -> Status:
             break
     st.last_backup = runstate.last_run(directory, cfg.target.name, "backup")
     st.last_verify = runstate.last_run(directory, cfg.target.name, "verify")
+    if cfg.remote.url:
+        _offsite(st, cfg.remote.url, runstate.offsite(directory, cfg.target.name))
     with contextlib.suppress(OSError):
         st.free_bytes = space.free_bytes(directory)
     st.problems = problems(st, cfg.monitor)
     return st
+
+
+def _offsite(st: Status, url: str, record: dict[str, Any] | None) -> None:
+    """Fill in st's off-site part from the state file's record (push, backup's upload)."""
+    st.remote_url = url.strip().rstrip("/")
+    if record is None or record.get("url") != st.remote_url:
+        return  # none recorded, or for another remote than the one configured now
+    last = record.get("last_upload")
+    st.last_upload = last if isinstance(last, dict) else None
+    newest = record.get("newest")
+    prefix = newest.get("prefix") if isinstance(newest, dict) else None
+    if isinstance(prefix, str):
+        with contextlib.suppress(ValueError):
+            when = naming.parse_prefix(prefix)
+            size = newest.get("size_bytes") if isinstance(newest, dict) else 0
+            age = (st.now - when).total_seconds()
+            st.newest_offsite = SetInfo(prefix, when, age, size if isinstance(size, int) else 0)
 
 
 def problems(st: Status, monitor: MonitorConfig) -> list[str]:
@@ -118,6 +148,10 @@ def problems(st: Status, monitor: MonitorConfig) -> list[str]:
     elif last is not None and last.get("status") == "running" and not _may_run(last):
         out.append(f"the last backup run {of} (started {last.get('started_at')}) never "
                    "finished: it was killed or its machine stopped")  # fmt: skip
+    upload = st.last_upload
+    if upload is not None and upload.get("status") == "failure":
+        error = upload.get("error", "no error recorded")
+        out.append(f"the last upload to {st.remote_url} ({upload.get('at')}) failed: {error}")
     if monitor.min_free is not None and st.free_bytes is not None:
         margin = units.parse_size(monitor.min_free, "monitor.min_free")
         need = (st.expected_bytes or 0) + margin
@@ -165,6 +199,13 @@ def as_json(st: Status, monitor: MonitorConfig) -> dict[str, Any]:
             "max_unverified_age": monitor.max_unverified_age,
             "min_free": monitor.min_free,
         },
+        "offsite": None
+        if st.remote_url is None
+        else {
+            "url": st.remote_url,
+            "newest": set_json(st.newest_offsite),
+            "last_upload": st.last_upload,
+        },
         "problems": st.problems,
     }
 
@@ -176,6 +217,11 @@ def as_text(st: Status) -> list[str]:
                  else "  newest complete: none")  # fmt: skip
     lines.append(f"  newest verified: {v.prefix}, {units.duration(v.age_s)} old" if v
                  else "  newest verified: none")  # fmt: skip
+    if st.remote_url is not None:
+        o = st.newest_offsite
+        lines.append(f"  newest off-site: {o.prefix}, {units.duration(o.age_s)} old, on "
+                     f"{st.remote_url}" if o else f"  newest off-site: none recorded on "
+                     f"{st.remote_url}")  # fmt: skip
     last = st.last_backup
     if last is None:
         lines.append("  last backup run: none recorded")

@@ -1,4 +1,5 @@
-"""`pgvault backup`: write a set, apply retention, optionally verify it; report."""
+"""`pgvault backup`: write a set, apply retention, optionally verify it, upload it
+(remote.url with remote.upload); report."""
 
 from __future__ import annotations
 
@@ -8,10 +9,20 @@ from pgvault import naming
 from pgvault.backup import BackupResult, take_backup
 from pgvault.commands import Context, Outcome, prune
 from pgvault.config import PgvaultConfig
+from pgvault.errors import PgvaultError
 from pgvault.ui import Reporter, mb
 
 
 def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
+    upload = bool(cfg.remote.url) and cfg.remote.upload
+    if cfg.remote.url:
+        from pgvault import offsite, remote
+
+        # Uploaded now or by a later push: the roles file goes off-site as it is.
+        offsite.warn_unencrypted(cfg, ui)
+        if upload:  # a bad remote.url or policy is refused before the backup starts
+            remote.open_remote(cfg.remote)
+            offsite.remote_policy(cfg)
     result = take_backup(cfg, ui, env_name=ctx.env, clock=ctx.clock)
     report(ui, result)
     verified = None
@@ -20,9 +31,39 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
 
         one = replace(cfg.verify, prefix=str(result.directory / result.prefix), all=False)
         verified = verify.run(replace(cfg, verify=one), ui, ctx).verified
+    if upload:
+        upload_sets(cfg, ui, ctx, result)
     manifest = result.set.manifest
     rows = sum(t.rows for t in manifest.tables.values()) if manifest is not None else None
     return Outcome(result.prefix, result.set.size, rows=rows, verified=verified)
+
+
+def upload_sets(cfg: PgvaultConfig, ui: Reporter, ctx: Context, result: BackupResult) -> None:
+    """Push the new set (and any an earlier upload missed). A failure leaves the local
+    sets as they are, and ends the run with an error worded after what failed: the new
+    set, or only an older one."""
+    from pgvault import offsite
+    from pgvault.commands import push
+    from pgvault.s3 import RemoteError
+
+    pushed = offsite.PushResult()
+    try:
+        offsite.push(cfg, ui, result.directory, now=ctx.clock(), result=pushed)
+    except PgvaultError as e:
+        new = result.prefix
+        if pushed.uploaded:
+            push.report(ui, pushed)
+        if new in pushed.uploaded:  # only an older set (or the remote's clean-up) failed
+            raise type(e)(f"{new} was uploaded to {pushed.url}, but: {e.what}", e.hint) from None
+        cause = pushed.failed.get(new, e)
+        hint = cause.hint
+        if not isinstance(cause, offsite.NameTaken):  # pushing again would not help
+            again = "the local set is intact: `pgvault push` uploads it"
+            hint = f"{hint}; {again}" if hint else again
+        raise RemoteError(
+            f"{new} was written to {result.directory} but not uploaded: {cause.what}", hint
+        ) from None
+    push.report(ui, pushed)
 
 
 def report(ui: Reporter, result: BackupResult) -> None:

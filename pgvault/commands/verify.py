@@ -1,23 +1,33 @@
 """`pgvault verify`: restore sets into a throwaway cluster and compare them with their
 manifests; record each verdict beside its set. Exit 3 when one does not match; exit 1,
-recording nothing, when verify could not run (no space, memory, server...)."""
+recording nothing, when verify could not run (no space, memory, server...).
+
+A set from the remote (remote=true, a remote URL as prefix, or a set name dir lacks) is
+staged by pgvault.fetch, verified like a local one, and its record uploaded beside it."""
 
 from __future__ import annotations
 
+from pgvault import fetch, naming
 from pgvault.commands import Context, Outcome
 from pgvault.config import PgvaultConfig
-from pgvault.errors import VerifyMismatch
+from pgvault.errors import PgvaultError, VerifyMismatch
 from pgvault.ui import Reporter
 from pgvault.verify import VerifyResult, sets_to_verify, verify_set, write_record
 
 
 def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
+    opts = cfg.verify
     results = []
-    for bset in sets_to_verify(cfg):
-        result = verify_set(cfg, bset, ui)
-        report(ui, result)
-        write_record(ui, bset.directory, result)
-        results.append(result)
+    if fetch.wanted(cfg, opts.prefix, opts.remote, ui):
+        chosen = fetch.complete_prefixes(cfg) if opts.all and not opts.prefix else [opts.prefix]
+        for prefix in chosen:
+            results.append(verify_remote(cfg, ui, prefix))
+    else:
+        for bset in sets_to_verify(cfg):
+            result = verify_set(cfg, bset, ui)
+            report(ui, result)
+            write_record(ui, bset.directory, result)
+            results.append(result)
     failed = [r.prefix for r in results if not r.ok]
     if failed:
         raise VerifyMismatch(
@@ -25,6 +35,26 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
         )
     rows = sum(t.rows or 0 for r in results for t in r.tables)
     return Outcome(results[-1].prefix if len(results) == 1 else None, rows=rows, verified=True)
+
+
+def verify_remote(cfg: PgvaultConfig, ui: Reporter, prefix: str | None) -> VerifyResult:
+    """Verify one remote set from a staged copy. Damaged files are let through the
+    fetch: verify's own file check reports them, and the verdict is recorded."""
+    with fetch.fetching(cfg, ui, prefix, allow_damaged=True) as got:
+        bset = got.bset
+        result = verify_set(cfg, bset, ui)
+        report(ui, result)
+        # The staged copy holds the remote's earlier record, so its history carries on.
+        write_record(ui, bset.directory, result)
+        name = naming.file_name(bset.prefix, "verify")
+        record = bset.directory / name
+        if record.exists():
+            try:
+                got.remote.upload(record, name)
+            except PgvaultError as e:
+                ui.warn(f"the verdict on {bset.prefix} was not recorded on {got.remote.url}: "
+                        f"{e.line()}")  # fmt: skip
+    return result
 
 
 def report(ui: Reporter, result: VerifyResult) -> None:

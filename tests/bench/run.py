@@ -21,6 +21,7 @@ from pgvault.errors import PgvaultError
 
 from .measure import BenchError
 from .report import Row, print_table, say
+from .upload import start_server
 from .workloads import Bench, run_scale
 
 METHOD = """\
@@ -33,7 +34,9 @@ session_replication_role = replica' -f data` on pgvault's own files. Peak RSS is
 the pgvault Python process alone (getrusage(RUSAGE_SELF) at exit, through a wrapper that
 runs the CLI with runpy); wait4()/time(1) would fold in its pg_dump children's peaks.
 The list times include Python and Hydra start-up: the baseline column is the same command
-on an empty directory."""
+on an empty directory. Upload: `pgvault push` of the set (push.prune=false) and a Python
+process calling boto3's client.upload_file for the same files (its default TransferConfig),
+each into a fresh bucket of a moto server on loopback; moto's own speed bounds both."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     say(f"PostgreSQL {programs.version} from {programs.bindir}; scales {args.scales}\n")
     work = Path(tempfile.mkdtemp(prefix="pgvault-bench-"))
     rows: list[Row] = []
+    s3 = None
     try:
+        s3, s3_note = start_server(work)
         with throwaway(programs, tcp=True) as cluster:
-            bench = Bench(cluster, programs, work, args.repeat, args.keep)
+            bench = Bench(cluster, programs, work, args.repeat, args.keep, s3, s3_note)
             for scale in args.scales:
                 say(f"scale {scale}: pgbench -i -s {scale}, then {args.repeat} run(s) each")
                 try:
@@ -87,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(Row(scale, "setup", note=f"error: {e}"))
         rows += rss_flat(rows, args.scales)
     finally:
+        if s3 is not None:
+            s3.stop()
         if args.keep:
             say(f"kept {work}")
         else:

@@ -4,6 +4,7 @@ backup  (issue 2): `pgvault backup` vs the seed's three programs run one after a
 list    (issue 3): `pgvault list` over 1,000 sets vs the same command on an empty dir.
 restore (issue 4): `pgvault restore` vs the seed's single psql run, on the same files.
 verify  (issue 5): `pgvault verify` vs the seed's psql restore plus 3 s.
+upload  (issue 12): `pgvault push` vs boto3's upload_file, to a local S3 server (upload.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pgvault import catalog, naming
 from pgvault.clients import Programs
@@ -25,6 +27,10 @@ from pgvault.manifest import read_manifest
 
 from .measure import BenchError, Sample, clean_env, median, run_pgvault, run_sequence, run_timed
 from .report import Row, announce
+from .upload import bench_upload
+
+if TYPE_CHECKING:
+    from tests.s3server import MotoServer
 
 LIST_SETS = 1000
 VERIFY_ALLOWANCE = 3.0  # seconds issue 5 grants verify beyond a plain restore
@@ -39,6 +45,9 @@ class Bench:
     work: Path
     repeat: int
     keep: bool = False
+    # The S3 server the upload rows use (None: s3_note says why there is none).
+    s3: MotoServer | None = None
+    s3_note: str = ""
 
     def env(self, dbname: str) -> dict[str, str]:
         """libpq's environment for the CLI and the bare programs, as a user would set it."""
@@ -252,6 +261,10 @@ def run_scale(b: Bench, scale: int) -> list[Row]:
             keep(bench_verify(b, scale, set_dir, prefix, seed))
     except BenchError as e:
         keep([Row(scale, "verify", note=f"error: {e}")])
+    try:
+        keep(bench_upload(b, scale, set_dir, prefix, b.s3, b.s3_note))
+    except BenchError as e:
+        keep([Row(scale, "push (upload)", note=f"error: {e}")])
     if not b.keep:
         shutil.rmtree(b.work / f"s{scale}", ignore_errors=True)
     return rows

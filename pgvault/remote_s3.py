@@ -1,0 +1,223 @@
+"""s3://bucket/prefix on AWS or any S3-compatible service (remote.endpoint), and the one
+upload path every file takes there.
+
+Uploads are pgvault's own multipart uploads (one put_object for a file of one part), not
+boto3's upload_file, so that what arrives is confirmed, not assumed:
+- every part (or put) carries a Content-MD5 header, which S3 and the S3-compatible
+  services check: a part whose bytes changed on the way is refused;
+- the bytes sent are hashed (sha256) as they are read, and the upload is completed only
+  when that digest is the manifest's: a local file damaged or changed since its backup
+  never becomes a remote object (the multipart upload is aborted);
+- the object carries that sha256 as metadata (x-amz-meta-sha256), so a later push can
+  tell a whole object of ours from one of the right size and other bytes.
+Parts are read with os.pread from a descriptor opened while the backup directory was
+locked (the file may be deleted locally meanwhile), at most CONCURRENCY of them in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgvault import s3
+from pgvault.config import RemoteConfig
+from pgvault.errors import ConfigError
+from pgvault.remote import (
+    CHUNK,
+    RemoteObject,
+    check_name,
+    hash_fd,
+    mismatch,
+    read_at,
+    send_path,
+    write_new,
+)
+
+# 16 MB parts, 4 in flight: at most 64 MB of parts in memory whatever the file's size
+# (the issue: at most 150 MB RSS, boto3 included).
+PART_SIZE = 16 * 1024 * 1024
+CONCURRENCY = 4
+# What a part's upload answer may carry besides its ETag (AWS adds a CRC by default):
+# CompleteMultipartUpload wants it back.
+_PART_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
+                   "ChecksumSHA256")  # fmt: skip
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+@dataclass
+class S3Remote:
+    """s3://bucket/prefix on AWS or any S3-compatible service (remote.endpoint)."""
+
+    url: str
+    bucket: str
+    prefix: str  # "" or "some/path/", always ending in "/" when not empty
+    where: s3.Endpoint
+    _client: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str, bucket: str, path: str, cfg: RemoteConfig) -> S3Remote:
+        if not bucket:
+            raise ConfigError(
+                f"remote.url '{url}' names no bucket", "use remote.url=s3://bucket/prefix"
+            )
+        segments = [s for s in path.split("/") if s]
+        if any(s in (".", "..") for s in segments):
+            raise ConfigError(f"remote.url '{url}' has a '.' or '..' part", "give a plain prefix")
+        where = s3.Endpoint(
+            endpoint=cfg.endpoint,
+            region=cfg.region,
+            profile=cfg.profile,
+            access_key_id=cfg.access_key_id,
+            secret_access_key=cfg.secret_access_key,
+            timeout=cfg.timeout,
+        )
+        prefix = "/".join(segments) + "/" if segments else ""
+        return cls(url.rstrip("/"), bucket, prefix, where)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = s3.client(self.where)
+        return self._client
+
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        return s3.errors(what, self.where, self.bucket)
+
+    def objects(self) -> list[RemoteObject]:
+        out = []
+        with self._errors(f"listing {self.url}"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    name = str(item["Key"])[len(self.prefix) :]
+                    if name:
+                        out.append(RemoteObject(name, int(item["Size"])))
+        return out
+
+    def stored_sha256(self, name: str) -> str | None:
+        """The sha256 name was uploaded with (its metadata); None when there is no such
+        object or it has none (not uploaded by this pgvault)."""
+        check_name(name)
+        import botocore.exceptions
+
+        with self._errors(f"looking at {name} on {self.url}"):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + name)
+            except botocore.exceptions.ClientError as e:
+                if str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
+                    return None
+                raise
+        found = head.get("Metadata", {}).get("sha256")
+        return str(found) if found else None
+
+    def upload(self, path: Path, name: str) -> None:
+        send_path(self, path, name)
+
+    def send(self, fd: int, size: int, name: str, sha256: str | None) -> None:
+        """Send the first size bytes of fd to name; sha256: the manifest's, or None (the
+        digest of what was read is stored then)."""
+        check_name(name)
+        key = self.prefix + name
+        with self._errors(f"uploading {name} to {self.url}"):
+            if size <= PART_SIZE:
+                data = read_at(fd, 0, size, name)
+                digest = hashlib.sha256(data).hexdigest()
+                if sha256 is not None and digest != sha256:
+                    raise mismatch(name)
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=data, ContentMD5=_md5(data),
+                    Metadata={"sha256": digest},
+                )  # fmt: skip
+                return
+            if sha256 is None:  # only files no manifest covers: read them twice
+                sha256 = hash_fd(fd, size, name)
+            started = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, Metadata={"sha256": sha256}
+            )
+            upload_id = started["UploadId"]
+            try:
+                parts = self._parts(fd, size, name, key, upload_id, sha256)
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )  # fmt: skip
+            except BaseException:
+                # Best effort: an upload left open is invisible, and a bucket lifecycle
+                # rule (AbortIncompleteMultipartUpload) removes what this cannot.
+                with contextlib.suppress(Exception):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id
+                    )
+                raise
+
+    def _parts(
+        self, fd: int, size: int, name: str, key: str, upload_id: str, sha256: str
+    ) -> list[dict[str, Any]]:
+        """Send fd's parts, CONCURRENCY at a time; they are read and hashed in order by
+        this thread, so the digest is of exactly the bytes sent."""
+
+        def send(number: int, data: bytes) -> dict[str, Any]:
+            answer = self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                Body=data, ContentMD5=_md5(data),
+            )  # fmt: skip
+            part = {"PartNumber": number, "ETag": answer["ETag"]}
+            part.update({k: answer[k] for k in _PART_CHECKSUMS if answer.get(k)})
+            return part
+
+        digest = hashlib.sha256()
+        done: list[dict[str, Any]] = []
+        pending: set[Future[dict[str, Any]]] = set()
+        pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="pgvault-upload")
+        finished = False
+        try:
+            offset, number = 0, 1
+            while offset < size:
+                while len(pending) >= CONCURRENCY:  # a part is read only when one may go
+                    ended, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    done += [f.result() for f in ended]
+                data = read_at(fd, offset, min(PART_SIZE, size - offset), name)
+                digest.update(data)
+                pending.add(pool.submit(send, number, data))
+                offset, number = offset + len(data), number + 1
+                del data  # held by the part's task only, until it is sent
+            done += [f.result() for f in wait(pending).done]
+            if digest.hexdigest() != sha256:
+                raise mismatch(name)
+            finished = True
+        finally:
+            # On failure, parts not yet started are dropped; those on the wire end with
+            # their own timeout (the abort makes them void).
+            pool.shutdown(wait=finished, cancel_futures=True)
+        return sorted(done, key=lambda p: int(p["PartNumber"]))
+
+    def chunks(self, name: str) -> Iterator[bytes]:
+        check_name(name)
+        with self._errors(f"downloading {name} from {self.url}"):
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)
+            body = answer["Body"]
+            try:
+                # StreamingBody checks the length it was promised: a cut stream raises.
+                yield from body.iter_chunks(CHUNK)
+            finally:
+                body.close()
+
+    def download(self, name: str, dest: Path) -> None:
+        write_new(dest, self.chunks(name))
+
+    def delete(self, name: str) -> None:
+        check_name(name)
+        with self._errors(f"deleting {name} from {self.url}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
