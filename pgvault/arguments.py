@@ -58,6 +58,8 @@ _SHORTHAND: dict[str, dict[str, str]] = {
 }
 # `remote` is the remote's node, so `remote=true` would replace it: for the commands that
 # read sets it means "the remote's sets".
+# `prune` is the prune command's node, so `push prune=false` means push's own option.
+_SHORTHAND["push"] = {f"prune={v}": f"push.prune={v}" for v in ("true", "false")}
 for _cmd in ("list", "restore", "verify"):
     _SHORTHAND.setdefault(_cmd, {}).update(
         {f"remote={v}": f"{_cmd}.remote={v}" for v in ("true", "false")}

@@ -131,8 +131,9 @@ class RestoreConfig:
     force: bool = False
     # Take the set from remote.url (streamed down and checked before use).
     remote: bool = False
-    # Put the set's Supabase Storage objects back, when it has them.
-    attachments: bool = True
+    # Put the set's Supabase Storage objects back, when it has them. null: only when the
+    # restore goes into the configured target itself (not into restore.target).
+    attachments: bool | None = None
 
 
 @dataclass
@@ -362,12 +363,43 @@ def _validate_operations(cfg: PgvaultConfig) -> None:
     from pgvault import notify
 
     notify.check(cfg)
+    for key, url in (
+        ("remote.endpoint", cfg.remote.endpoint),
+        ("target.storage.endpoint", cfg.target.storage.endpoint),
+    ):
+        _check_endpoint(key, url)
     for key, path in (("log.file", cfg.log.file), ("metrics.textfile", cfg.metrics.textfile)):
         if path is not None and not Path(path).is_absolute():
             raise ConfigError(
                 f"{key} must be an absolute path, got '{path}'",
                 f"use {key}={Path(path).absolute()}",
             )
+
+
+def _check_endpoint(key: str, url: str | None) -> None:
+    """An S3 endpoint is http(s)://host[:port][/path]; boto3 would fail on anything else
+    with a traceback, and only once it is first used."""
+    from urllib.parse import urlsplit
+
+    from pgvault.errors import ConfigError
+
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{key} must be an http:// or https:// address with a host",
+            f"e.g. {key}=https://s3.example.com or http://127.0.0.1:9000",
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{key} holds a user, query or fragment part",
+            "give only scheme, host, port and path; keys go in the environment",
+        )
 
 
 def to_typed(cfg: Any) -> PgvaultConfig:

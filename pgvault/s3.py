@@ -59,19 +59,25 @@ def client(where: Endpoint) -> Any:
         retries={"max_attempts": 3, "mode": "standard"},
         # Path-style addressing: what MinIO and Supabase Storage expect, and AWS accepts.
         s3={"addressing_style": "path"} if where.endpoint else {},
-        # Only where the service asks for them: some S3-compatible ones refuse the
-        # newer default checksum headers.
-        request_checksum_calculation="when_supported",
-        response_checksum_validation="when_supported",
+        # AWS checks a CRC of every part it receives; some S3-compatible services refuse
+        # those headers, so elsewhere they are sent only where the API requires them.
+        request_checksum_calculation="when_required" if where.endpoint else "when_supported",
+        response_checksum_validation="when_required" if where.endpoint else "when_supported",
     )
-    return session.client(
-        "s3",
-        endpoint_url=where.endpoint,
-        region_name=where.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        aws_access_key_id=where.access_key_id,
-        aws_secret_access_key=where.secret_access_key,
-        config=config,
-    )
+    try:
+        return session.client(
+            "s3",
+            endpoint_url=where.endpoint,
+            region_name=where.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            aws_access_key_id=where.access_key_id,
+            aws_secret_access_key=where.secret_access_key,
+            config=config,
+        )
+    except ValueError as e:  # an endpoint or region boto3 cannot use
+        raise ConfigError(
+            f"cannot use {where.shown}: {masking.mask(str(e))}",
+            "check the endpoint (http(s)://host[:port]) and the region",
+        ) from None
 
 
 # S3's error codes, and what the user can do about each.
@@ -118,7 +124,7 @@ def errors(what: str, where: Endpoint, bucket: str = "") -> Iterator[None]:
         botocore.exceptions.ConnectTimeoutError,
     ) as e:
         raise RemoteError(
-            f"{what}: cannot reach {where.shown}: {type(e).__name__}",
+            f"{what}: cannot reach {where.shown} ({type(e).__name__})",
             "check that the service is up and the endpoint is right, then run again",
         ) from None
     except botocore.exceptions.BotoCoreError as e:

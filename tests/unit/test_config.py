@@ -113,9 +113,10 @@ def test_only_restore_allowed_lifts_the_envs_lock(composed):
     assert to_typed(composed["prod_default_allowed"]).restore.allowed is True
 
 
-_NUMERIC = ["retention.days", *(f"retention.keep_{r}" for r in
-            ("last", "daily", "weekly", "monthly", "yearly"))]  # fmt: skip
-_WAITS = ["lock_timeout", "backup.table_lock_timeout", "restore.table_lock_timeout"]
+_NUMERIC = [*(f"{node}.{k}" for node in ("retention", "remote.retention") for k in (
+    "days", "keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"))]  # fmt: skip
+_WAITS = ["lock_timeout", "backup.table_lock_timeout", "restore.table_lock_timeout",
+          "remote.timeout", "hooks.timeout"]  # fmt: skip
 
 
 def _with(key: str, value: object) -> PgvaultConfig:
@@ -131,7 +132,7 @@ def _with(key: str, value: object) -> PgvaultConfig:
 @given(st.sampled_from(_NUMERIC), st.integers(-(10**12), 10**12))
 def test_counts_out_of_range_are_refused_up_front(key, value):
     cfg = _with(key, value)
-    if 0 <= value <= (config.MAX_DAYS if key == "retention.days" else config.MAX_COUNT):
+    if 0 <= value <= (config.MAX_DAYS if key.endswith("retention.days") else config.MAX_COUNT):
         config.validate(cfg)
     else:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -177,3 +178,36 @@ def test_every_packaged_env_that_locks_restores_says_so_itself():
         locked = any(d.get("override /restore") == "locked" for d in picks)
         if locked:
             assert doc.get("restore", {}).get("allowed") is False, path.name
+
+
+@pytest.mark.parametrize("key", ["remote.endpoint", "target.storage.endpoint"])
+@pytest.mark.parametrize(
+    "url, fine",
+    [
+        ("http://127.0.0.1:9000", True),
+        ("https://s3.eu-central-1.example.com", True),
+        ("http://127.0.0.1:54321/storage/v1/s3", True),
+        ("minio:9000", False),
+        ("127.0.0.1:9000", False),
+        ("ftp://host", False),
+        ("http://", False),
+        ("http://host:port", False),
+        ("https://key:secret@host", False),
+        ("https://host/?token=x", False),
+    ],
+)
+def test_s3_endpoints_are_checked_up_front(key, url, fine):
+    cfg = _with(key, url)
+    if fine:
+        config.validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
+            config.validate(cfg)
+        assert "secret" not in e.value.line()
+
+
+def test_push_takes_prune_false_as_its_own_option():
+    from pgvault.arguments import prepare
+
+    assert prepare(["push", "prune=false"], set()).overrides == ["push.prune=false"]
+    assert prepare(["prune", "dry_run=true"], set()).overrides == ["prune.dry_run=true"]
