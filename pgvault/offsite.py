@@ -6,9 +6,10 @@ are chosen and their files opened; the lock is let go before the upload (a night
 backup must not fail because a long push is running), which reads from the open
 descriptors: retention may delete a file meanwhile, its bytes stay readable.
 A set goes up file by file, each hashed as it is sent and kept remotely only when that is
-the manifest's sha256 (remote.py), then confirmed by size in a fresh listing; its
-manifest goes last, so a set counts as off-site only once whole. An upload cut short
-leaves no manifest: the set reads as incomplete there and the next push completes it.
+the manifest's sha256 (remote.py), then confirmed by size in a fresh listing and by the
+sha256 the remote holds for it; its manifest goes last, so a set counts as off-site only
+once whole. An upload cut short leaves no manifest: the set reads as incomplete there and
+the next push completes it.
 
 Names are the sets' times, so two machines pushing to one prefix can pick the same name.
 A local set counts as off-site only when the remote's manifest is byte for byte its own;
@@ -31,7 +32,7 @@ from pgvault import catalog, masking, naming, remote, retention, runstate
 from pgvault import offsite_upload as sending
 from pgvault.catalog import BackupSet
 from pgvault.config import PgvaultConfig, RemoteRetentionConfig, RetentionConfig
-from pgvault.errors import ConfigError, PgvaultError
+from pgvault.errors import ConfigError, IntegrityError, PgvaultError
 from pgvault.listener import Listener
 from pgvault.offsite_upload import NameTaken as NameTaken
 
@@ -39,6 +40,7 @@ from pgvault.offsite_upload import NameTaken as NameTaken
 # in further rounds, each opening its files under the lock again.
 BATCH = 64
 LEFTOVER = "an upload cut short over a day ago, of a set no longer in the local directory"
+_DAY = retention.STALE_AFTER.total_seconds()
 
 
 def merged_policy(local: RetentionConfig, own: RemoteRetentionConfig) -> RetentionConfig:
@@ -182,7 +184,7 @@ def _run(
     now: datetime,
     result: PushResult,
 ) -> None:
-    before = remote.scan(rem, cache)  # the network first: the lock is held only briefly
+    before = sending.scan(rem, cache)  # the network first: the lock is held only briefly
 
     def fail(prefix: str, e: PgvaultError) -> None:
         _fail(ui, result, prefix, e)
@@ -205,9 +207,9 @@ def _run(
                 _dry(cfg, plan, result)
                 return
             opened = sending.open_sets(ui, held, plan.up[:BATCH], plan.manifest_sha256, fail)
-            records = sending.open_records(held, plan.matched)
+            records = sending.open_records(held, plan.matched, cache, before.sizes)
         sending.upload(ui, rem, opened, before.sizes, fail, done)
-        sending.refresh_verify_records(rem, cache, records, before.sizes)
+        sending.send_records(rem, records)
     for start in range(BATCH, len(plan.up), BATCH):
         with contextlib.ExitStack() as held:
             with catalog.locked(directory, timeout=cfg.lock_timeout, what="push"):
@@ -215,11 +217,11 @@ def _run(
                     ui, held, plan.up[start : start + BATCH], plan.manifest_sha256, fail
                 )
             sending.upload(ui, rem, opened, before.sizes, fail, done)
-    after = remote.scan(rem, cache)
+    after = sending.scan(rem, cache)
     sets = after.sets
     if cfg.push.prune:
         by_prefix = {s.prefix: s for s in sets}
-        leftovers = _leftovers(sets, plan.held, now)
+        leftovers = _leftovers(sets, plan.held, now, after.modified)
         result.decisions = [retention.Decision(p, False, why) for p, why in leftovers.items()]
         sets = [s for s in sets if s.prefix not in leftovers]
         result.decisions += _decide(sets, policy, now)
@@ -234,15 +236,22 @@ def _run(
 def _plan(
     cfg: PgvaultConfig,
     ui: Listener,
-    before: remote.Scan,
+    before: sending.Scan,
     local: list[BackupSet],
     cache: Path,
     policy: RetentionConfig,
     now: datetime,
     result: PushResult,
 ) -> Plan:
-    complete = [s for s in local if s.complete]
-    shas = {s.prefix: sending.local_sha256(s.files["manifest"]) for s in complete}
+    complete, shas = [], {}
+    for s in local:
+        if s.complete:
+            try:
+                shas[s.prefix] = sending.local_sha256(s.files["manifest"])
+            except IntegrityError as e:  # unreadable (EACCES, EIO): that set fails
+                _fail(ui, result, s.prefix, e)
+                continue
+            complete.append(s)
     theirs = {s.prefix: s for s in before.sets}
     matched, candidates = [], []
     for s in complete:
@@ -262,7 +271,7 @@ def _plan(
     held = {s.prefix for s in local}
     going = {c.prefix for c in candidates}
     planned = [s for s in before.sets if s.prefix not in going]
-    leftovers = _leftovers(planned, held, now) if cfg.push.prune else {}
+    leftovers = _leftovers(planned, held, now, before.modified) if cfg.push.prune else {}
     planned = [s for s in planned if s.prefix not in leftovers]
     # Decide as if they were up already: the remote's policy keeps or drops them the
     # same way after the upload, so no set goes up only to be deleted by this very run
@@ -284,13 +293,19 @@ def _dry(cfg: PgvaultConfig, plan: Plan, result: PushResult) -> None:
         result.deleted = [d.prefix for d in result.decisions if not d.keep]
 
 
-def _leftovers(sets: list[BackupSet], held: set[str], now: datetime) -> dict[str, str]:
+def _leftovers(
+    sets: list[BackupSet], held: set[str], now: datetime, modified: dict[str, float | None]
+) -> dict[str, str]:
     """Remote sets an upload cut short that nothing will complete: no manifest there (none
-    at all, not an unreadable one), named more than a day ago, and not in the local
-    directory any more. Never a set beside a file that is not its own (catalog.scan)."""
+    at all, not an unreadable one), named more than a day ago, not in the local directory
+    any more, and every object of it last written more than a day ago (modified: name ->
+    when, None unknown). That last rule, like local prune's mtimes, spares a set another
+    push is sending right now: push uploads without the local lock, from descriptors
+    opened before a local prune deleted the set. Never a set beside a file that is not
+    its own (catalog.scan)."""
     out = {}
     for s in sets:
-        when = s.time
+        when, names = s.time, [p.name for p in s.all_paths()]
         if (
             when is not None
             and naming.is_prefix(s.prefix)
@@ -299,9 +314,15 @@ def _leftovers(sets: list[BackupSet], held: set[str], now: datetime) -> dict[str
             and not s.extras
             and s.prefix not in held
             and now - when > retention.STALE_AFTER
+            and names
+            and all(_old(modified.get(n), now) for n in names)
         ):
             out[s.prefix] = LEFTOVER
     return out
+
+
+def _old(modified: float | None, now: datetime) -> bool:
+    return modified is not None and now.timestamp() - modified > _DAY
 
 
 def _decide(

@@ -7,7 +7,8 @@ multipart upload at once, see remote_s3; a file is written as NAME.partial, hash
 renamed), and push uploads a set's manifest last, so a set is complete on a remote
 exactly when its manifest is there and every file it names is there with its size.
 Only names pgvault writes (naming.parse_file_name) are ever read or deleted: anything
-else under the prefix is someone else's.
+else under the prefix is someone else's. Reading a remote's sets (scan) lives in
+offsite_upload.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ import errno
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from pgvault import catalog, manifest, naming, retention
-from pgvault.catalog import BackupSet, DiskFile
+from pgvault import catalog, naming, retention
+from pgvault.catalog import BackupSet
 from pgvault.config import RemoteConfig
 from pgvault.errors import ConfigError, IntegrityError, PgvaultError
 from pgvault.s3 import RemoteError
@@ -40,6 +41,9 @@ _NO_DIR_FSYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
 class RemoteObject:
     name: str  # file name under the remote's prefix, e.g. backup-...-data.sql.gz
     size: int
+    # When it was last written, in POSIX seconds (S3's LastModified, a file's mtime);
+    # None: unknown, which never counts as old.
+    modified: float | None = None
 
 
 class Remote(Protocol):
@@ -111,9 +115,25 @@ def check_name(name: str) -> None:
 
 
 def write_new(dest: Path, chunks: Iterator[bytes]) -> None:
-    """Write chunks into the new file dest (0600, never through a symlink), fsynced; on
-    any failure nothing is left at dest."""
-    fd = create_new(dest)
+    """Download chunks into the new file dest (0600, never through a symlink), fsynced;
+    on any failure nothing is left at dest. A full disk is one line (PgvaultError)."""
+    try:
+        fill(create_new(dest), dest, chunks)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise PgvaultError(
+                f"no space left in {dest.parent} while downloading {dest.name}",
+                "free space or set TMPDIR to a disk with room",
+            ) from None
+        raise PgvaultError(
+            f"cannot write {dest} while downloading {dest.name}: {e.strerror or e}",
+            "check that TMPDIR is writable, or set it to another directory",
+        ) from None
+
+
+def fill(fd: int, path: Path, chunks: Iterator[bytes]) -> None:
+    """Write chunks into fd, the file just created at path, and fsync it; on any failure
+    path is removed (it is the caller's own: created with O_EXCL)."""
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
@@ -122,7 +142,7 @@ def write_new(dest: Path, chunks: Iterator[bytes]) -> None:
             os.fsync(f.fileno())
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            dest.unlink()
+            path.unlink()
         raise
 
 
@@ -131,7 +151,13 @@ def read_at(fd: int, offset: int, size: int, name: str) -> bytes:
     have been unlinked since it was opened). IntegrityError when the file is shorter."""
     pieces, got = [], 0
     while got < size:
-        piece = os.pread(fd, min(size - got, 1 << 24), offset + got)
+        try:
+            piece = os.pread(fd, min(size - got, 1 << 24), offset + got)
+        except OSError as e:  # EIO: a failing disk
+            raise IntegrityError(
+                f"cannot read {name} for the upload: {e.strerror or e}",
+                "check the backup directory's disk, then run `pgvault push` again",
+            ) from None
         if not piece:
             raise IntegrityError(
                 f"{name} ended after {offset + got} bytes while being uploaded",
@@ -205,7 +231,7 @@ class FileRemote:
                 with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
                     st = entry.stat(follow_symlinks=False)
                     if stat.S_ISREG(st.st_mode):
-                        out.append(RemoteObject(entry.name, st.st_size))
+                        out.append(RemoteObject(entry.name, st.st_size, st.st_mtime))
         except OSError as e:
             raise self._fail("cannot list", e) from None
         return out
@@ -216,7 +242,6 @@ class FileRemote:
     def send(self, fd: int, size: int, name: str, sha256: str | None) -> None:
         check_name(name)
         self._present()
-        final = self.directory / name
         tmp = self.directory / (name + naming.PARTIAL_SUFFIX)
         digest = hashlib.sha256()
 
@@ -227,17 +252,43 @@ class FileRemote:
                 yield piece
 
         try:
-            write_new(tmp, pieces())
-            if sha256 is not None and digest.hexdigest() != sha256:
-                tmp.unlink()
-                raise mismatch(name)
-            # rename() replaces whatever is at the name, a symlink included, never its target.
-            os.replace(tmp, final)
+            fill(self._claim(tmp, name), tmp, pieces())  # tmp is removed if this fails
+            try:
+                if sha256 is not None and digest.hexdigest() != sha256:
+                    raise mismatch(name)
+                # rename() replaces whatever is at the name, a symlink included, never
+                # its target.
+                os.replace(tmp, self.directory / name)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()  # our own .partial (_claim made it)
+                raise
         except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise self._fail(f"cannot write {name} to", e) from None
         self._sync(name)
+
+    def _claim(self, tmp: Path, name: str) -> int:
+        """Create tmp (NAME.partial) for this push alone: O_EXCL, never through a symlink,
+        and never removing one another push is writing (push uploads without holding the
+        local lock, and two directories may push one set). One untouched for over a day
+        is a killed push's: it is removed, and the create tried once more."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        for _ in range(2):
+            try:
+                return os.open(tmp, flags, 0o600)
+            except FileExistsError:
+                try:
+                    touched = os.lstat(tmp).st_mtime
+                except FileNotFoundError:
+                    continue  # its push just ended
+                if time.time() - touched < retention.STALE_AFTER.total_seconds():
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()  # unlink removes a symlink itself, never its target
+        raise RemoteError(
+            f"another push is writing {name} on {self.url}",
+            "wait for it, then run pgvault push again",
+        )
 
     def _sync(self, name: str) -> None:
         try:
@@ -250,13 +301,16 @@ class FileRemote:
 
     def stored_sha256(self, name: str) -> str | None:
         check_name(name)
+        digest = hashlib.sha256()
         try:
             with open_regular(self.directory / name) as f:
-                return hash_fd(f.fileno(), os.fstat(f.fileno()).st_size, name)
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
         except FileNotFoundError:
             return None
         except OSError as e:
             raise self._fail(f"cannot read {name} from", e) from None
+        return digest.hexdigest()
 
     def chunks(self, name: str) -> Iterator[bytes]:
         check_name(name)
@@ -281,116 +335,15 @@ class FileRemote:
         self._sync(name)
 
 
-# -- A remote's sets, for the catalog, listing and retention --------------------------
-
-
-@dataclass(frozen=True)
-class RemoteStore:
-    """catalog.Store over a remote listing taken once: directory is the cache the
-    manifests and verify records were downloaded into; deletes go to the remote."""
-
-    remote: Remote
-    directory: Path
-    listing: tuple[RemoteObject, ...]
-
-    def names(self) -> list[str]:
-        return [o.name for o in self.listing]
-
-    def delete(self, name: str) -> None:
-        self.remote.delete(name)
-
-    def write_json(self, name: str, data: dict[str, Any]) -> None:
-        raise PgvaultError("a remote's files are written by push only", "this is a bug")
-
-    def sync(self) -> None:
-        """Each delete is durable when it returns (a file remote syncs its directory)."""
-
-    def lock(self, *, timeout: float, what: str) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def is_locked(self) -> bool:
-        return False
-
-
-@dataclass
-class Scan:
-    """A remote's sets (newest first, each with status, problem and on_disk filled in as
-    listing shows them) and the sizes of the objects they were made of."""
-
-    sets: list[BackupSet]
-    sizes: dict[str, int]
-    store: RemoteStore
-
-
-def scan(remote: Remote, cache: Path) -> Scan:
-    """List remote, download its manifests and verify records into cache, read them."""
-    listing = tuple(remote.objects())
-    sizes = {o.name: o.size for o in listing}
-    too_big = {}
-    for o in listing:
-        parsed = naming.parse_file_name(o.name)
-        if parsed is None or parsed.partial or parsed.kind not in ("manifest", "verify"):
-            continue
-        dest = cache / o.name
-        if parsed.kind == "manifest" and _cached(dest, o.size):
-            continue  # a set's manifest never changes: push scans twice with one cache
-        with contextlib.suppress(FileNotFoundError):
-            dest.unlink()
-        if o.size > manifest.MAX_BYTES:
-            too_big[parsed.prefix] = f"its {parsed.kind} is {o.size} bytes, over the limit"
-            continue
-        remote.download(o.name, dest)
-    store = RemoteStore(remote, cache, listing)
-    sets = catalog.scan(store)
-    for bset in sets:
-        _assess(bset, sizes, too_big.get(bset.prefix))
-    return Scan(sets, sizes, store)
-
-
-def _cached(path: Path, size: int) -> bool:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_size == size
+# -- A remote's sets (scan: offsite_upload) ------------------------------------------
 
 
 def remote_sets(remote: Remote, cache: Path) -> list[BackupSet]:
     """The remote's sets, newest first; manifests (and verify records) downloaded into
     cache so catalog/listing/retention code works on them; BackupSet.directory == cache."""
+    from pgvault.offsite_upload import scan  # with push, which reads them most
+
     return scan(remote, cache).sets
-
-
-def _assess(bset: BackupSet, sizes: dict[str, int], too_big: str | None) -> None:
-    """Status as on a remote: a file of the wrong size (a manifest put there by hand, an
-    upload another tool cut) does not count, so the set reads as incomplete until a push
-    replaces it; sizes come from the listing, nothing else is read."""
-    wrong = []
-    if bset.manifest is not None:
-        for kind, entry in bset.manifest.files.items():
-            path = bset.files.get(kind)
-            if path is not None and sizes.get(path.name) != entry.size:
-                del bset.files[kind]
-                short = path.name.removeprefix(bset.prefix + "-")
-                wrong.append(
-                    f"{short} is {sizes.get(path.name)} bytes, the manifest says {entry.size}"
-                )
-    paths = sorted({p.name for p in [*bset.all_paths(), *bset.extras]})
-    listed = []
-    for name in paths:
-        parsed = naming.parse_file_name(name)
-        kind = parsed.kind if parsed else "?"
-        listed.append(DiskFile(name, kind, sizes.get(name, 0), bool(parsed and parsed.partial)))
-    bset.on_disk = tuple(listed)
-    if too_big and bset.manifest is None:
-        bset.manifest_error = too_big
-    if bset.complete:
-        bset.status, bset.problem = "complete", None
-    elif bset.manifest_error is not None:
-        bset.status, bset.problem = "damaged", bset.manifest_error
-    else:
-        problem = "; ".join(wrong) if wrong else retention.incomplete_reason(bset)
-        bset.status, bset.problem = "incomplete", problem
 
 
 def check_checksums(remote: Remote, bset: BackupSet) -> str | None:

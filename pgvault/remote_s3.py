@@ -11,13 +11,13 @@ boto3's upload_file, so that what arrives is confirmed, not assumed:
 - the object carries that sha256 as metadata (x-amz-meta-sha256), so a later push can
   tell a whole object of ours from one of the right size and other bytes.
 Parts are read with os.pread from a descriptor opened while the backup directory was
-locked (the file may be deleted locally meanwhile), at most CONCURRENCY of them in memory.
+locked (the file may be deleted locally meanwhile), at most about 64 MiB of them in memory
+(part_plan).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -40,14 +40,38 @@ from pgvault.remote import (
     write_new,
 )
 
-# 16 MB parts, 4 in flight: at most 64 MB of parts in memory whatever the file's size
-# (the issue: at most 150 MB RSS, boto3 included).
-PART_SIZE = 16 * 1024 * 1024
-CONCURRENCY = 4
-# What a part's upload answer may carry besides its ETag (AWS adds a CRC by default):
-# CompleteMultipartUpload wants it back.
+MIB = 1 << 20
+# Parts of 16 MiB (a file up to that size is one put_object), larger for a file that would
+# need more than MAX_PARTS of them: S3 refuses a part numbered over 10,000, and would do so
+# only after all before it went up.
+PART_SIZE = 16 * MIB
+MAX_PARTS = 9_000
+# Parts held at once (read, waiting or on the wire): the issue allows 150 MB RSS in all,
+# boto3 included.
+IN_FLIGHT_BYTES = 64 * MIB
+# What a part's upload answer may carry besides its ETag when boto3 sent a checksum of
+# its own: CompleteMultipartUpload wants it back.
 _PART_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
                    "ChecksumSHA256")  # fmt: skip
+
+
+def part_plan(size: int) -> tuple[int, int]:
+    """(part size, parts in flight) for a multipart upload of size bytes: parts of
+    PART_SIZE, or of size / MAX_PARTS rounded up to a whole MiB when larger, and as many
+    in flight as IN_FLIGHT_BYTES holds, at least one."""
+    per_part = _ceil_div(size, MAX_PARTS)
+    part = max(PART_SIZE, _ceil_div(per_part, MIB) * MIB)
+    return part, max(1, IN_FLIGHT_BYTES // part)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def spans(size: int, part: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each part of a file of size bytes, in order."""
+    for offset in range(0, size, part):
+        yield offset, min(part, size - offset)
 
 
 def _md5(data: bytes) -> str:
@@ -103,7 +127,9 @@ class S3Remote:
                 for item in page.get("Contents", []):
                     name = str(item["Key"])[len(self.prefix) :]
                     if name:
-                        out.append(RemoteObject(name, int(item["Size"])))
+                        when = item.get("LastModified")  # a datetime, with its zone
+                        modified = when.timestamp() if when is not None else None
+                        out.append(RemoteObject(name, int(item["Size"]), modified))
         return out
 
     def stored_sha256(self, name: str) -> str | None:
@@ -153,20 +179,27 @@ class S3Remote:
                     Bucket=self.bucket, Key=key, UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
                 )  # fmt: skip
-            except BaseException:
-                # Best effort: an upload left open is invisible, and a bucket lifecycle
-                # rule (AbortIncompleteMultipartUpload) removes what this cannot.
-                with contextlib.suppress(Exception):
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=key, UploadId=upload_id
-                    )
+            except BaseException:  # Ctrl-C and SIGTERM too: aborted, then re-raised
+                self._abort(key, upload_id)
                 raise
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload once none of its parts is on the wire (_parts waits
+        for them: S3 may keep a part that lands after the abort), tried twice. Best
+        effort: an upload left open is invisible, and a bucket lifecycle rule
+        (AbortIncompleteMultipartUpload) removes what this cannot."""
+        for _ in range(2):
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                return
+            except Exception:  # tried once more, then left to the lifecycle rule
+                continue
 
     def _parts(
         self, fd: int, size: int, name: str, key: str, upload_id: str, sha256: str
     ) -> list[dict[str, Any]]:
-        """Send fd's parts, CONCURRENCY at a time; they are read and hashed in order by
-        this thread, so the digest is of exactly the bytes sent."""
+        """Send fd's parts, a few at a time (part_plan); they are read and hashed in
+        order by this thread, so the digest is of exactly the bytes sent."""
 
         def send(number: int, data: bytes) -> dict[str, Any]:
             answer = self.client.upload_part(
@@ -174,33 +207,32 @@ class S3Remote:
                 Body=data, ContentMD5=_md5(data),
             )  # fmt: skip
             part = {"PartNumber": number, "ETag": answer["ETag"]}
+            # None of them when boto3 sends no checksum (request_checksum_calculation).
             part.update({k: answer[k] for k in _PART_CHECKSUMS if answer.get(k)})
             return part
 
+        part_size, in_flight = part_plan(size)
         digest = hashlib.sha256()
         done: list[dict[str, Any]] = []
         pending: set[Future[dict[str, Any]]] = set()
-        pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="pgvault-upload")
-        finished = False
+        pool = ThreadPoolExecutor(in_flight, thread_name_prefix="pgvault-upload")
         try:
-            offset, number = 0, 1
-            while offset < size:
-                while len(pending) >= CONCURRENCY:  # a part is read only when one may go
+            for number, (offset, length) in enumerate(spans(size, part_size), start=1):
+                while len(pending) >= in_flight:  # a part is read only when one may go
                     ended, pending = wait(pending, return_when=FIRST_COMPLETED)
                     done += [f.result() for f in ended]
-                data = read_at(fd, offset, min(PART_SIZE, size - offset), name)
+                data = read_at(fd, offset, length, name)
                 digest.update(data)
                 pending.add(pool.submit(send, number, data))
-                offset, number = offset + len(data), number + 1
                 del data  # held by the part's task only, until it is sent
             done += [f.result() for f in wait(pending).done]
             if digest.hexdigest() != sha256:
                 raise mismatch(name)
-            finished = True
         finally:
-            # On failure, parts not yet started are dropped; those on the wire end with
-            # their own timeout (the abort makes them void).
-            pool.shutdown(wait=finished, cancel_futures=True)
+            # On failure, parts not yet started are dropped and those on the wire waited
+            # for (each ends within the client's timeouts), so that the abort comes after
+            # the last of them.
+            pool.shutdown(wait=True, cancel_futures=True)
         return sorted(done, key=lambda p: int(p["PartNumber"]))
 
     def chunks(self, name: str) -> Iterator[bytes]:

@@ -59,10 +59,12 @@ def client(where: Endpoint) -> Any:
         retries={"max_attempts": 3, "mode": "standard"},
         # Path-style addressing: what MinIO and Supabase Storage expect, and AWS accepts.
         s3={"addressing_style": "path"} if where.endpoint else {},
-        # AWS checks a CRC of every part it receives; some S3-compatible services refuse
-        # those headers, so elsewhere they are sent only where the API requires them.
-        request_checksum_calculation="when_required" if where.endpoint else "when_supported",
-        response_checksum_validation="when_required" if where.endpoint else "when_supported",
+        # pgvault sends Content-MD5 with every part itself (remote_s3.py), which every
+        # S3-compatible service checks; boto3's newer CRC headers, which some of them
+        # refuse and which AWS wants declared when a multipart upload starts, only where
+        # an operation requires them.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
     )
     try:
         return session.client(

@@ -1,7 +1,8 @@
 """Off-site copies against a real S3 server over HTTP (moto's standalone server, see
 tests/s3server.py) and a file:// directory: upload after backup, list, push after a
-failed upload, an upload cut half-way, wrong credentials, a missing bucket, and the
-remote's retention per source database."""
+failed upload, an upload cut half-way, wrong credentials, a missing bucket, the remote's
+retention per source database, and a file replaced by another uploader before the
+manifest goes up."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from pathlib import Path
 import boto3
 import pytest
 
-from pgvault import catalog, naming, runstate
+from pgvault import catalog, naming, offsite, runstate
+from pgvault import remote as remote_module
 from pgvault.backup import take_backup
-from pgvault.config import PgvaultConfig, TargetConfig
+from pgvault.config import PgvaultConfig, RemoteConfig, TargetConfig
+from pgvault.s3 import RemoteError
 from pgvault.ui import Reporter
 from tests.conftest import create_database, drop_database, pgvault_env, run_pgvault, run_sql
 from tests.s3server import KEY_ID, REGION, SECRET, MotoServer
@@ -363,9 +366,19 @@ def test_file_remote(tmp_path, local_set):
     roles = naming.file_name(prefix, "roles")
     (target / roles).symlink_to(victim)
     (target / "notes.txt").write_text("mine")
+    # Uploads named long ago of sets the local directory does not hold: one untouched for
+    # two days (a push cut short) is deleted; one written just now (another push may be
+    # sending it) is kept.
+    stale, sending = "backup-2001-02-03-040506-data.sql", "backup-2001-02-04-040506-data.sql"
+    for name in (stale, sending):
+        (target / name).write_bytes(b"half")
+    old = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+    os.utime(target / stale, (old, old))
     res = run_pgvault("push", f"dir={directory}", url, env=env)
     assert res.returncode == 0, res.stderr
     assert victim.read_text() == "precious" and not (target / roles).is_symlink()
+    assert not (target / stale).exists() and (target / sending).read_bytes() == b"half"
+    (target / sending).unlink()
     copied = {p.name: p.stat().st_size for p in target.iterdir() if p.name != "notes.txt"}
     assert copied == local_files(directory)
     for p in target.iterdir():
@@ -408,23 +421,24 @@ def test_remote_retention_per_source(s3_server, s3_bucket, source, pg_cluster, t
                # incomplete uploads: one the local directory still holds, one of today
                "pg/backup-2001-03-04-050607-data.sql": b"half",
                f"pg/{fresh}-data.sql": b"half"}  # fmt: skip
-    # An upload cut short long ago of a set the local directory no longer holds: nothing
-    # will ever complete it, so push (with push.prune) deletes it, and only it.
-    stale = "pg/backup-2001-02-03-040506-data.sql"
-    for key, body in [*foreign.items(), (stale, b"half")]:
+    # An upload named long ago, of a set the local directory no longer holds, but written
+    # just now: another push may be sending it from descriptors it opened before a local
+    # prune, so it is kept (S3 cannot backdate an object: the old one that is deleted is
+    # test_file_remote's, and the rule's unit test).
+    sending = "pg/backup-2001-02-03-040506-data.sql"
+    foreign[sending] = b"half"
+    for key, body in foreign.items():
         client.put_object(Bucket=s3_bucket, Key=key, Body=body)
     (directory / "backup-2001-03-04-050607-data.sql").write_bytes(b"half")
     env = pgvault_env(**s3_server.env())
     remote = s3_args(s3_bucket, s3_server.endpoint, "retention.days=7")
     res = run_pgvault("push", f"dir={directory}", *remote, "remote.retention.days=100",
                       "push.dry_run=true", env=env)  # fmt: skip
-    assert "delete  backup-2001-02-03-040506  an upload cut short" in res.stdout, res.stdout
-    assert stale.removeprefix("pg/") in remote_objects(client, s3_bucket)
+    assert "an upload cut short" not in res.stdout, res.stdout
     res = run_pgvault("push", f"dir={directory}", *remote, "remote.retention.days=100", env=env)
     assert res.returncode == 0, res.stderr
     assert "Uploaded 6 set(s)" in res.stdout
     everything = remote_objects(client, s3_bucket)
-    assert stale.removeprefix("pg/") not in everything
     assert all(key.removeprefix("pg/") in everything for key in foreign)
 
     res = run_pgvault("push", f"dir={directory}", *remote, "remote.retention.days=15",
@@ -439,7 +453,8 @@ def test_remote_retention_per_source(s3_server, s3_bucket, source, pg_cluster, t
     left = remote_objects(client, s3_bucket)
     prefixes = {p.prefix for n in left if (p := naming.parse_file_name(n))}
     kept = {made[label] for label in ("a-1h", "a-10d", "b-30d")}  # b-30d: its source's newest
-    assert prefixes == kept | {"backup-2020-13-01-000000", "backup-2001-03-04-050607", fresh}
+    assert prefixes == kept | {"backup-2020-13-01-000000", "backup-2001-03-04-050607", fresh,
+                               "backup-2001-02-03-040506"}  # fmt: skip
     for key in foreign:
         assert key.removeprefix("pg/") in left
     # Whole sets: every file of a kept set is still there.
@@ -566,3 +581,40 @@ def intact_any(directory: Path) -> str:
     bset = [s for s in catalog.scan(directory) if s.complete][-1]
     assert catalog.file_problems(bset, checksums=True) == []
     return bset.prefix
+
+
+def test_a_file_replaced_before_the_manifest_goes_up(s3_server, s3_bucket, local_set, tmp_path,
+                                                     monkeypatch):  # fmt: skip
+    """Another uploader puts other bytes of the same size under one of the set's names
+    after it went up (push uploads without the local lock): the sha256 the remote holds
+    for it is not the manifest's, so the manifest does not go up and the set fails."""
+    directory = copy_of(local_set, tmp_path)
+    prefix = intact(directory)
+    data = naming.file_name(prefix, "data")
+    client = s3_server.client()
+    opened = remote_module.open_remote
+
+    def racing(cfg):  # type: ignore[no-untyped-def]
+        rem = opened(cfg)
+        send = rem.send
+
+        def send_then_replace(fd: int, size: int, name: str, sha256: str | None) -> None:
+            send(fd, size, name, sha256)
+            if name == data:  # the other uploader: same size, other bytes, its own sha256
+                client.put_object(Bucket=s3_bucket, Key=f"pg/{name}", Body=b"x" * size,
+                                  Metadata={"sha256": "0" * 64})  # fmt: skip
+
+        rem.send = send_then_replace
+        return rem
+
+    monkeypatch.setattr(remote_module, "open_remote", racing)
+    cfg = PgvaultConfig(dir=str(directory), remote=RemoteConfig(
+        url=f"s3://{s3_bucket}/pg", endpoint=s3_server.endpoint, access_key_id=KEY_ID,
+        secret_access_key=SECRET))  # fmt: skip
+    with pytest.raises(RemoteError) as e:
+        offsite.push(cfg, Reporter(quiet=True), directory)
+    assert f"holds {data} with other bytes than the manifest's" in e.value.line()
+    assert f"{prefix} is not off-site" in e.value.line()
+    objects = remote_objects(client, s3_bucket)
+    assert data in objects and naming.file_name(prefix, "manifest") not in objects
+    assert intact(directory) == prefix

@@ -1,15 +1,19 @@
 """The remote's pure rules: its retention policy (remote.retention over retention, key by
-key) and which remote.url values are accepted, before anything is contacted."""
+key), which remote.url values are accepted before anything is contacted, the multipart
+upload's part sizes, and which incomplete remote sets push deletes."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgvault import offsite, remote, remote_s3
+from pgvault import naming, offsite, offsite_upload, remote, remote_s3
 from pgvault.config import PgvaultConfig, RemoteConfig, RemoteRetentionConfig, RetentionConfig
 from pgvault.errors import ConfigError
 
@@ -100,3 +104,74 @@ def test_good_urls() -> None:
     assert isinstance(root, remote_s3.S3Remote) and root.prefix == ""
     local = remote.open_remote(RemoteConfig(url="file:///mnt/nas/pg%20vault"))
     assert isinstance(local, remote.FileRemote) and str(local.directory) == "/mnt/nas/pg vault"
+
+
+@given(st.integers(min_value=remote_s3.PART_SIZE + 1, max_value=5 * 2**40))
+def test_parts_fit_s3s_limit_and_memory(size: int) -> None:
+    """Up to S3's largest object (5 TiB): at most 10,000 parts (S3 refuses more, after
+    the rest went up), every byte in exactly one part, in order, and no more than 64 MiB
+    of parts held at once unless one part alone is larger."""
+    part, in_flight = remote_s3.part_plan(size)
+    spans = list(remote_s3.spans(size, part))
+    assert len(spans) <= 10_000
+    assert part % (1 << 20) == 0 and part >= remote_s3.PART_SIZE
+    assert in_flight >= 1 and part * in_flight <= max(64 * 2**20, part)
+    assert spans[0][0] == 0 and sum(length for _, length in spans) == size
+    assert all(a + la == b for (a, la), (b, _) in itertools.pairwise(spans))
+    assert all(0 < length <= part for _, length in spans)
+    assert all(length >= 5 * 2**20 for _, length in spans[:-1])  # S3's smallest part
+
+
+def test_small_files_keep_16_mib_parts_four_at_a_time() -> None:
+    assert remote_s3.part_plan(20 * 2**20) == (16 * 2**20, 4)
+    assert remote_s3.part_plan(200 * 2**30)[0] == 23 * 2**20  # 200 GiB / 9,000, in MiB
+
+
+class Listed:
+    """A remote that only lists (the objects a test constructs): no set has a manifest,
+    so scan downloads nothing."""
+
+    url = "s3://b/p"
+
+    def __init__(self, objects: list[remote.RemoteObject]) -> None:
+        self.listing = objects
+
+    def objects(self) -> list[remote.RemoteObject]:
+        return self.listing
+
+
+NOW = datetime(2024, 6, 1, 12, tzinfo=UTC)
+OLD_NAME = "backup-2024-05-01-000000"  # a month before NOW
+
+
+def leftovers(tmp_path: Path, objects: list[remote.RemoteObject], held: set[str]) -> set[str]:
+    found = offsite_upload.scan(Listed(objects), tmp_path)  # type: ignore[arg-type]
+    return set(offsite._leftovers(found.sets, held, NOW, found.modified))
+
+
+@pytest.mark.parametrize(
+    ("ages", "held", "deleted"),
+    [
+        ([2.0, 3.0], False, True),  # every object over a day old: a push cut short
+        ([2.0, 0.5], False, False),  # one written today: a push may be sending it now
+        ([2.0, None], False, False),  # one of unknown age: kept
+        ([2.0, 3.0], True, False),  # the local directory holds it: push completes it
+    ],
+)
+def test_an_upload_cut_short_is_deleted_only_when_all_its_objects_are_old(
+    tmp_path: Path, ages: list[float | None], held: bool, deleted: bool
+) -> None:
+    when = [None if age is None else NOW.timestamp() - age * 86400 for age in ages]
+    objects = [
+        remote.RemoteObject(f"{OLD_NAME}-{kind}", 4, modified)
+        for kind, modified in zip(["roles.sql", "data.sql"], when, strict=True)
+    ]
+    got = leftovers(tmp_path, objects, {OLD_NAME} if held else set())
+    assert got == ({OLD_NAME} if deleted else set())
+
+
+def test_a_set_named_today_is_never_a_leftover(tmp_path: Path) -> None:
+    name = naming.format_prefix(NOW - timedelta(hours=2))
+    old = NOW.timestamp() - 5 * 86400  # mtimes can lie (a copied tree): the name rules too
+    objects = [remote.RemoteObject(f"{name}-data.sql", 4, old)]
+    assert leftovers(tmp_path, objects, set()) == set()
