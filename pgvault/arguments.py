@@ -177,10 +177,19 @@ def prepare(argv: list[str], groups: set[str]) -> Invocation:
         close = difflib.get_close_matches(word, SPECS, n=1)
         hint = f"did you mean `pgvault {close[0]}`?" if close else f"use one of: {', '.join(SPECS)}"
         raise ConfigError(f"unknown command '{word}'", hint)
-    overrides = [
-        check_override(spec, _SHORTHAND.get(word, {}).get(w, expand_home(w)), groups) for w in words
-    ]
+    overrides = [check_override(spec, _shorthand(word, w), groups) for w in words]
     return Invocation(word, flags, overrides)
+
+
+# How Hydra and OmegaConf spell a bool; a shorthand takes any of them.
+_BOOLS = {"true": "true", "yes": "true", "on": "true", "false": "false", "no": "false",
+          "off": "false"}  # fmt: skip
+
+
+def _shorthand(command: str, word: str) -> str:
+    key, sep, value = word.partition("=")
+    spelled = _BOOLS.get(value.lower(), value.lower()) if sep else value
+    return _SHORTHAND.get(command, {}).get(f"{key}={spelled}", expand_home(word))
 
 
 def check_override(spec: Spec, word: str, groups: set[str]) -> str:

@@ -24,15 +24,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgvault import manifest, pipeline, s3, storage_tar
-from pgvault.errors import ConfigError, IntegrityError, Refused
+from pgvault import manifest, pipeline, s3, space, storage_tar
+from pgvault.errors import ConfigError, Refused
 from pgvault.storage_tar import check_part as check_part  # verify's entry point
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import psycopg
 
     from pgvault.catalog import BackupSet
@@ -131,19 +130,29 @@ def skipped(cfg: PgvaultConfig, bset: BackupSet) -> str | None:
 
 def check_restore(cfg: PgvaultConfig, bset: BackupSet) -> None:
     """Before a restore changes anything: when it is to put bset's attachments back, the
-    keys are given and Storage answers (a restore must not fail on them after it replaced
-    the database)."""
+    keys are given, Storage answers, and the temporary directory has room to stage the
+    largest object (a restore must not fail on them after it replaced the database)."""
     if not put_back(cfg, bset):
         return
     try:
         where = _endpoint(cfg)
     except ConfigError as e:
         raise ConfigError(e.what, f"{e.hint}; or pass restore.attachments=false") from None
+    assert bset.manifest is not None and bset.manifest.attachments is not None
+    largest = max((o.size for o in bset.manifest.attachments.objects), default=0)
+    staging = tempfile.gettempdir()  # where restore_part's private directory goes
+    if largest and space.free_bytes(Path(staging)) < largest:
+        raise Refused(
+            f"not enough room in {staging} to stage the largest attachment "
+            f"({largest / (1 << 20):.2f} MB)",
+            "set TMPDIR to a disk with room",
+        )
     _reach(where)
 
 
-def _keys(client: Any, where: s3.Endpoint, bucket: str) -> Iterator[str]:
-    """Every key in bucket, in the endpoint's order, one page at a time."""
+def _keys(client: Any, where: s3.Endpoint, bucket: str, missing_ok: bool = False) -> Iterator[str]:
+    """Every key in bucket, in the endpoint's order, one page at a time; none when
+    missing_ok and the endpoint has no such bucket."""
     import botocore.exceptions
 
     token: str | None = None
@@ -155,6 +164,8 @@ def _keys(client: Any, where: s3.Endpoint, bucket: str) -> Iterator[str]:
             except botocore.exceptions.ClientError as e:
                 if e.response.get("Error", {}).get("Code") != "NoSuchBucket":
                     raise
+                if missing_ok:
+                    return
                 raise s3.RemoteError(
                     f"bucket {bucket} is in storage.buckets but not at {where.shown}",
                     "point target.storage.endpoint at this database's Supabase Storage",
@@ -166,13 +177,16 @@ def _keys(client: Any, where: s3.Endpoint, bucket: str) -> Iterator[str]:
         token = page["NextContinuationToken"]
 
 
-def _listing(client: Any, where: s3.Endpoint, buckets: list[str]) -> list[tuple[str, str]]:
+def _listing(
+    client: Any, where: s3.Endpoint, buckets: list[str], optional: set[str]
+) -> list[tuple[str, str]]:
     """Every (bucket, key) to copy, listed before any is copied: a Storage whose list
-    could not fit in a readable manifest is refused before gigabytes are read."""
+    could not fit in a readable manifest is refused before gigabytes are read. A bucket
+    in optional that the endpoint lacks is empty."""
     found: list[tuple[str, str]] = []
     estimate = 0
     for bucket in buckets:
-        for key in _keys(client, where, bucket):
+        for key in _keys(client, where, bucket, missing_ok=bucket in optional):
             found.append((bucket, key))
             estimate += _ENTRY_BYTES + len(json.dumps(bucket)) + len(json.dumps(key))
             if len(found) > MAX_OBJECTS or estimate > _MAX_LIST_BYTES:
@@ -191,17 +205,22 @@ def write_part(
     pg: psycopg.Connection[Any],
     dest: Path,
     recipients: Sequence[str],
+    also: Sequence[str] = (),
 ) -> tuple[pipeline.FileStats, manifest.Attachments]:
-    """Copy every object of every bucket in pg's storage.buckets rows into the attachments
-    part dest, encrypted for recipients if any. pg is the backup's connection; the rows are
-    read right after the dump (Storage's objects are outside the snapshot anyway, and a
-    bucket made meanwhile is better copied than missed). The bytes are exactly what
-    tarfile writes in stream mode ("w|", PAX): see pgvault.storage_tar.
+    """Copy every object of every bucket in pg's storage.buckets rows, and of the buckets
+    named in also, into the attachments part dest, encrypted for recipients if any. pg is
+    the backup's connection; the rows are read right after the dump (Storage's objects are
+    outside the snapshot anyway, and a bucket made meanwhile is better copied than
+    missed). A bucket of also that the endpoint lacks is empty (a restore's safety backup
+    names the restored set's buckets, which the restore creates). The bytes are exactly
+    what tarfile writes in stream mode ("w|", PAX): see pgvault.storage_tar.
     """
     where = _endpoint(cfg)
     client = s3.client(where)
-    buckets = _bucket_ids(pg)
-    listed = _listing(client, where, buckets)
+    rows = _bucket_ids(pg)
+    # Code point order, as COLLATE "C" orders the rows.
+    buckets = sorted(set(rows).union(also))
+    listed = _listing(client, where, buckets, set(also) - set(rows))
     objects: list[manifest.StorageObject] = []
 
     def chunks() -> Iterator[bytes]:
@@ -361,8 +380,6 @@ def _upload_all(
     """Upload every object of the part; return the bytes put."""
     from boto3.s3.transfer import TransferConfig
 
-    assert bset.manifest is not None and bset.manifest.attachments is not None
-    want = {f"{o.bucket}/{o.key}": o for o in bset.manifest.attachments.objects}
     # Uploaded from a file by name, s3transfer reads each part from the file as it sends
     # it; from a seekable file object it reads parts ahead into memory (ten 8 MiB parts
     # and more queued), which went past the 150 MB pgvault allows itself. Two 8 MiB parts
@@ -370,39 +387,12 @@ def _upload_all(
     transfer = TransferConfig(
         multipart_threshold=2 * _PART, multipart_chunksize=_PART, max_concurrency=2
     )
-    seen: set[str] = set()
     done = 0
-    with storage_tar.members(bset, identity) as members:
-        for name, size, body in members:
-            o = want.get(name)
-            if body is None or o is None or name in seen or size != o.size:
-                raise IntegrityError(
-                    f"the attachments part of {bset.prefix} holds {name!r} ({size} bytes), "
-                    "which its manifest does not list so",
-                    "the set is damaged: restore another one, or restore.attachments=false",
-                )
-            seen.add(name)
-            fd, spool = tempfile.mkstemp(dir=private)  # 0600, in the 0700 directory
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    got, sha = storage_tar.copy_hashed(body, out)
-                if got != o.size or sha != o.sha256:
-                    raise IntegrityError(
-                        f"attachment {name!r} in {bset.prefix} does not match its sha256 in "
-                        "the manifest; it was not put back",
-                        "the set is damaged: restore another one, or restore.attachments=false",
-                    )
-                extra = {"ContentType": o.content_type} if o.content_type else None
-                with _errors(f"putting {name} back", where, o.bucket):
-                    client.upload_file(spool, o.bucket, o.key, ExtraArgs=extra, Config=transfer)
-            finally:
-                os.unlink(spool)
+    with contextlib.closing(storage_tar.spooled(bset, identity, private)) as each:
+        for o, spool in each:
+            extra = {"ContentType": o.content_type} if o.content_type else None
+            with _errors(f"putting {o.bucket}/{o.key} back", where, o.bucket):
+                client.upload_file(spool, o.bucket, o.key, ExtraArgs=extra, Config=transfer)
             done += o.size
             progress(done)
-    if missing := [n for n in want if n not in seen]:
-        raise IntegrityError(
-            f"the attachments part of {bset.prefix} lacks {missing[0]!r}"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""),
-            "the set is damaged: restore another one, or restore.attachments=false",
-        )
     return done

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -117,9 +117,12 @@ def take_backup(
     clock: Clock = utc_now,
     apply_retention: bool = True,
     kind: str = "regular",
+    buckets: Sequence[str] = (),
 ) -> BackupResult:
     """Given a config, write one complete set into cfg.dir and apply retention; kind
-    "safety" marks the set a restore takes before it replaces a database.
+    "safety" marks the set a restore takes before it replaces a database. buckets: Storage
+    buckets to copy besides the database's own (backup.attachments=true; a restore's safety
+    backup names those the restore will rewrite).
 
     Everything that can be checked is checked before the directory is touched: its
     name, the compressor, the encryption recipients, the server (reachable, password,
@@ -164,7 +167,7 @@ def take_backup(
             try:
                 result = _write_set(
                     cfg, ui, pg, conn, programs, directory, compressor, env_name, clock, profile,
-                    kind,
+                    kind, buckets,
                 )  # fmt: skip
             except (ClientProgramError, psycopg.errors.LockNotAvailable) as e:
                 if not locks.is_lock_timeout(str(e)):
@@ -196,6 +199,7 @@ def _write_set(
     clock: Clock,
     chosen: tuple[str, str],
     set_kind: str,
+    buckets: Sequence[str],
 ) -> BackupResult:
     compression = cfg.backup.compression.value
     started = clock()
@@ -223,7 +227,7 @@ def _write_set(
             from pgvault import attachments
 
             stats[naming.ATTACHMENTS], listed = attachments.write_part(
-                cfg, pg, partial[naming.ATTACHMENTS], recipients
+                cfg, pg, partial[naming.ATTACHMENTS], recipients, also=buckets
             )
         for kind in kinds:
             partial[kind].rename(final[kind])

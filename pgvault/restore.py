@@ -8,9 +8,11 @@ pre-data, data (triggers off), post-data, COMMIT.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import sys
-from collections.abc import Callable
+import tarfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,10 @@ class RestorePlan:
     psql: str
     problems: list[str]
     storage: bool = False
+
+
+class StorageNotRestored(PgvaultError):
+    """Putting the set's Storage objects back failed after the database was replaced."""
 
 
 def plan_restore(cfg: PgvaultConfig, env_name: str) -> RestorePlan:
@@ -96,15 +102,57 @@ def apply_restore(
     directory = plan.bset.directory
     # The safety backup takes the lock again: it is re-entrant within this process.
     with catalog.locked(directory, timeout=cfg.lock_timeout, what="restore"):
+        safety = None
         if plan.state.exists and cfg.restore.safety_backup:
             m = plan.bset.manifest
             sealed = list(m.encryption.recipients) if m and m.encryption else []
-            on_safety(safety_backup(cfg, plan.conn, directory, sealed, storage=plan.storage))
+            rewritten = m.attachments.buckets if m and m.attachments and plan.storage else []
+            safety = safety_backup(
+                cfg, plan.conn, directory, sealed, storage=plan.storage, buckets=rewritten
+            )
+            on_safety(safety)
         replace_database(cfg, ui, plan.bset, plan.conn, plan.psql, plan.state)
         if plan.storage:
-            from pgvault import attachments
+            _put_storage_back(cfg, plan, ui, safety)
 
-            attachments.restore_part(cfg, plan.bset, ui, cfg.encryption.identity)
+
+def _put_storage_back(
+    cfg: PgvaultConfig, plan: RestorePlan, ui: Listener, safety: str | None
+) -> None:
+    """Put the set's Storage objects back, after the database was replaced: a failure is
+    one line that says so, where Storage's objects as they were are, and how to finish."""
+    from pgvault import attachments
+
+    try:
+        attachments.restore_part(cfg, plan.bset, ui, cfg.encryption.identity)
+    except (OSError, tarfile.TarError, EOFError, PgvaultError) as e:
+        damaged = isinstance(e, (tarfile.TarError, EOFError, IntegrityError))
+        if isinstance(e, PgvaultError):
+            why = e.what
+        elif damaged:  # let through by force=true
+            why = f"the attachments part of {plan.bset.prefix} is not a readable tar: {e}"
+        else:
+            why = f"{type(e).__name__}: {e}"
+        if damaged:
+            hint = "the set's attachments part is damaged: run the restore again with another set"
+        elif isinstance(e, PgvaultError) and e.hint:
+            hint = f"{e.hint}; then run the restore again"
+        elif isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            hint = "set TMPDIR to a disk with room, then run the restore again"
+        else:
+            hint = "run the restore again"
+        before = (
+            f"the safety backup {safety} in {plan.bset.directory} holds Storage's objects as "
+            "they were"
+            if safety
+            else "no safety backup holds Storage's objects as they were"
+        )
+        raise StorageNotRestored(
+            f"{plan.conn.dbname} at {plan.conn.where} was restored from {plan.bset.prefix}, "
+            f"but putting its Supabase Storage objects back failed, so Storage may be only "
+            f"partly restored: {why}; {before}",
+            f"{hint} to finish it",
+        ) from None
 
 
 def restore_conn(cfg: PgvaultConfig) -> Conn:
@@ -187,12 +235,15 @@ def safety_backup(
     recipients: list[str] | None = None,
     *,
     storage: bool = False,
+    buckets: Sequence[str] = (),
 ) -> str:
     """Back up the database about to be replaced into directory; return its prefix. It is
     encrypted to encryption.recipients, else to recipients (the restored set's: whoever
     restores an encrypted set holds a key that opens its safety backup too). storage: the
     restore will overwrite and delete objects in target.storage, so the safety backup
-    copies them too (backup.attachments=true)."""
+    copies them too (backup.attachments=true): those of the database's storage.buckets
+    rows and of buckets, the restored set's (which the restore rewrites whatever the
+    database about to be replaced lists)."""
     from pgvault.backup import take_backup
 
     # The password rides along in memory only: conn_from_url takes it out again.
@@ -210,7 +261,9 @@ def safety_backup(
         sub = replace(sub, encryption=replace(cfg.encryption, recipients=recipients))
     # No retention here: it could delete the very set being restored.
     try:
-        result = take_backup(sub, Silent(), apply_retention=False, kind="safety")
+        result = take_backup(
+            sub, Silent(), apply_retention=False, kind="safety", buckets=buckets if storage else ()
+        )
     except PgvaultError as e:
         raise PgvaultError(
             f"the safety backup of {conn.dbname} failed, nothing was restored: {e.what}",

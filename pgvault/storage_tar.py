@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import tarfile
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pgvault import naming, pipeline
@@ -22,6 +24,7 @@ from pgvault.errors import IntegrityError
 
 if TYPE_CHECKING:
     from pgvault.catalog import BackupSet
+    from pgvault.manifest import StorageObject
 
 _MAX_PROBLEMS = 20
 
@@ -102,6 +105,50 @@ def copy_hashed(body: Any, out: Any) -> tuple[int, str]:
         if out is not None:
             out.write(chunk)
     return size, digest.hexdigest()
+
+
+_DAMAGED = "the set is damaged: restore another one, or restore.attachments=false"
+
+
+def spooled(
+    bset: BackupSet, identity: str | None, private: str
+) -> Generator[tuple[StorageObject, str], None, None]:
+    """Each object of the part, in the part's order, as (its manifest entry, a 0600 file
+    in the private directory holding its bytes), checked against the manifest before it
+    is yielded and removed when the caller asks for the next. Raises IntegrityError on a
+    member the manifest does not list so, a body that does not match, or one missing."""
+    assert bset.manifest is not None and bset.manifest.attachments is not None
+    want = {f"{o.bucket}/{o.key}": o for o in bset.manifest.attachments.objects}
+    seen: set[str] = set()
+    with members(bset, identity) as each:
+        for name, size, body in each:
+            o = want.get(name)
+            if body is None or o is None or name in seen or size != o.size:
+                raise IntegrityError(
+                    f"the attachments part of {bset.prefix} holds {name!r} ({size} bytes), "
+                    "which its manifest does not list so",
+                    _DAMAGED,
+                )
+            seen.add(name)
+            fd, spool = tempfile.mkstemp(dir=private)  # 0600, in the 0700 directory
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    got, sha = copy_hashed(body, out)
+                if got != o.size or sha != o.sha256:
+                    raise IntegrityError(
+                        f"attachment {name!r} in {bset.prefix} does not match its sha256 in "
+                        "the manifest; it was not put back",
+                        _DAMAGED,
+                    )
+                yield o, spool
+            finally:
+                os.unlink(spool)
+    if missing := [n for n in want if n not in seen]:
+        raise IntegrityError(
+            f"the attachments part of {bset.prefix} lacks {missing[0]!r}"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""),
+            _DAMAGED,
+        )
 
 
 def check_part(bset: BackupSet, identity: str | None) -> list[str]:

@@ -143,7 +143,10 @@ def storage_summary(ui: Reporter, cfg: PgvaultConfig, plan: RestorePlan) -> None
         )
         ui.say("   Objects not in the set are DELETED from those buckets; other buckets stay.")
         if cfg.restore.safety_backup and plan.state.exists:
-            ui.say("   The safety backup copies Storage's objects first (the database's buckets).")
+            ui.say(
+                "   The safety backup copies the objects in those buckets first (and in the "
+                "buckets of the database's storage.buckets rows)."
+            )
         else:
             ui.say("   No safety backup copies the objects there now.")
     elif att is not None:

@@ -348,6 +348,78 @@ def test_a_failed_storage_copy_in_the_safety_backup_changes_nothing(source, stor
         attachments.restore_part(config(storage), source.bset(), Silent(), None)
 
 
+def safety_set(directory: Path) -> BackupSet:
+    (path,) = [p for p in directory.glob("*-manifest.json")
+               if json.loads(p.read_text())["kind"] == "safety"]  # fmt: skip
+    return catalog.find_set(directory, json.loads(path.read_text())["prefix"])
+
+
+def test_the_safety_backup_of_another_database_copies_the_buckets_the_restore_rewrites(
+    source, sb, storage, tmp_path
+):
+    """restore.target=another database, restore.attachments=true: that database lists
+    only the sample data's bucket, the restore still rewrites all of the set's, so its
+    safety backup copies those."""
+    mess_up(storage)  # strays in attachments and avatars; bucket `empty` gone
+    scratch = new_database(sb, APP_TEMPLATE)
+    with connect(scratch, autocommit=True) as pg:
+        assert pg.execute("SELECT array_agg(id) FROM storage.buckets").fetchone() == (
+            ["attachments"],
+        )
+    directory = tmp_path / "backups"
+    shutil.copytree(source.directory, directory)
+    res = restore(
+        source, directory, f"restore.target={url(scratch)}", "restore.attachments=true",
+        *storage_args(storage), env=env(),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "The safety backup copies the objects in those buckets first" in res.stdout
+    assert_holds_the_set(storage)  # the strays are gone
+    bset = safety_set(directory)
+    assert bset.manifest is not None and bset.manifest.attachments is not None
+    assert bset.manifest.attachments.buckets == BUCKETS  # `empty` was missing: empty
+    assert attachments.check_part(bset, None) == []
+    had = {(o.bucket, o.key): o.sha256 for o in bset.manifest.attachments.objects}
+    for name in (("attachments", "stray.txt"), ("avatars", "ünïcödé/new.png")):
+        assert had[name] == hashlib.sha256(b"added later").hexdigest()
+
+
+def test_a_damaged_part_under_force_fails_in_one_line_that_names_the_state(
+    source, storage, tmp_path
+):
+    directory = tmp_path / "backups"
+    shutil.copytree(source.directory, directory)
+    part = directory / source.part.name
+    data = bytearray(part.read_bytes())
+    data[0] ^= 0x01  # the first member's header: tarfile cannot read the part
+    part.write_bytes(bytes(data))
+    try:
+        res = restore(source, directory, "force=true", *storage_args(storage), env=env())
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        warning, line = res.stderr.strip().splitlines()  # force=true's warning, the error
+        assert warning.startswith("pgvault: warning: attachments.tar does not match")
+        assert line.startswith("pgvault: error: ")
+        safety = safety_set(directory).prefix
+        assert f"was restored from {source.manifest['prefix']}" in line
+        assert "Storage may be only partly restored" in line
+        assert "is not a readable tar" in line
+        assert f"the safety backup {safety} in {directory} holds Storage's objects" in line
+        assert "run the restore again with another set to finish it" in line
+    finally:
+        attachments.restore_part(config(storage), source.bset(), Silent(), None)
+
+
+def test_a_restore_refuses_when_the_temp_dir_cannot_stage_the_largest_object(
+    source, storage, monkeypatch
+):
+    largest = max(len(data) for data, _ in OBJECTS.values())
+    monkeypatch.setattr(attachments.space, "free_bytes", lambda _: largest - 1)
+    with pytest.raises(Refused, match=r"not enough room in .* to stage the largest attachment"):
+        attachments.check_restore(config(storage), source.bset())
+    monkeypatch.setattr(attachments.space, "free_bytes", lambda _: largest)
+    attachments.check_restore(config(storage), source.bset())
+
+
 def verify(directory: Path, prefix: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     return run_pgvault(
         "verify", f"dir={directory}", f"prefix={prefix}", env=env(TMPDIR=str(tmp)), cwd=tmp

@@ -210,4 +210,8 @@ def test_push_takes_prune_false_as_its_own_option():
     from pgvault.arguments import prepare
 
     assert prepare(["push", "prune=false"], set()).overrides == ["push.prune=false"]
+    assert prepare(["push", "prune=False"], set()).overrides == ["push.prune=false"]
+    assert prepare(["list", "remote=yes"], set()).overrides == ["list.remote=true"]
+    assert prepare(["restore", "remote=TRUE"], set()).overrides == ["restore.remote=true"]
+    assert prepare(["schedule", "verify=Weekly"], set()).overrides == ["schedule.verify=weekly"]
     assert prepare(["prune", "dry_run=true"], set()).overrides == ["prune.dry_run=true"]
