@@ -11,7 +11,7 @@ boto3's upload_file, so that what arrives is confirmed, not assumed:
 - the object carries that sha256 as metadata (x-amz-meta-sha256), so a later push can
   tell a whole object of ours from one of the right size and other bytes.
 Parts are read with os.pread from a descriptor opened while the backup directory was
-locked (the file may be deleted locally meanwhile), at most about 64 MiB of them in memory
+locked (the file may be deleted locally meanwhile), at most about 24 MiB of them in memory
 (part_plan).
 """
 
@@ -41,14 +41,15 @@ from pgvault.remote import (
 )
 
 MIB = 1 << 20
-# Parts of 16 MiB (a file up to that size is one put_object), larger for a file that would
+# Parts of 8 MiB (a file up to that size is one put_object), larger for a file that would
 # need more than MAX_PARTS of them: S3 refuses a part numbered over 10,000, and would do so
 # only after all before it went up.
-PART_SIZE = 16 * MIB
+PART_SIZE = 8 * MIB
 MAX_PARTS = 9_000
-# Parts held at once (read, waiting or on the wire): the issue allows 150 MB RSS in all,
-# boto3 included.
-IN_FLIGHT_BYTES = 64 * MIB
+# Parts held at once (read, waiting or on the wire). The issue allows 150 MB RSS in all:
+# measured, a part costs about 1.6 times its size on the way out (boto3's request), and
+# pgvault with boto3 loaded is ~90 MB: 64 MiB in flight peaked at 161 MB in `make bench`.
+IN_FLIGHT_BYTES = 24 * MIB
 # What a part's upload answer may carry besides its ETag when boto3 sent a checksum of
 # its own: CompleteMultipartUpload wants it back.
 _PART_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",

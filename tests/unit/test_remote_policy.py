@@ -109,21 +109,21 @@ def test_good_urls() -> None:
 @given(st.integers(min_value=remote_s3.PART_SIZE + 1, max_value=5 * 2**40))
 def test_parts_fit_s3s_limit_and_memory(size: int) -> None:
     """Up to S3's largest object (5 TiB): at most 10,000 parts (S3 refuses more, after
-    the rest went up), every byte in exactly one part, in order, and no more than 64 MiB
+    the rest went up), every byte in exactly one part, in order, and no more than 24 MiB
     of parts held at once unless one part alone is larger."""
     part, in_flight = remote_s3.part_plan(size)
     spans = list(remote_s3.spans(size, part))
     assert len(spans) <= 10_000
     assert part % (1 << 20) == 0 and part >= remote_s3.PART_SIZE
-    assert in_flight >= 1 and part * in_flight <= max(64 * 2**20, part)
+    assert in_flight >= 1 and part * in_flight <= max(24 * 2**20, part)
     assert spans[0][0] == 0 and sum(length for _, length in spans) == size
     assert all(a + la == b for (a, la), (b, _) in itertools.pairwise(spans))
     assert all(0 < length <= part for _, length in spans)
     assert all(length >= 5 * 2**20 for _, length in spans[:-1])  # S3's smallest part
 
 
-def test_small_files_keep_16_mib_parts_four_at_a_time() -> None:
-    assert remote_s3.part_plan(20 * 2**20) == (16 * 2**20, 4)
+def test_small_files_keep_8_mib_parts_three_at_a_time() -> None:
+    assert remote_s3.part_plan(20 * 2**20) == (8 * 2**20, 3)
     assert remote_s3.part_plan(200 * 2**30)[0] == 23 * 2**20  # 200 GiB / 9,000, in MiB
 
 
