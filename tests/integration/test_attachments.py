@@ -208,14 +208,22 @@ def test_the_part_is_the_tar_that_tarfile_writes_in_stream_mode(source):
     assert again.getvalue() == data
 
 
+def damaged_copy(source, where: Path, at: int | None, flip: int) -> tuple[Path, bytearray]:
+    """A copy of the source set in where whose attachments part has one byte flipped:
+    at bytes into the PCT object's body, or the part's first byte when at is None.
+    Returns the part's path and its new bytes."""
+    shutil.copytree(source.directory, where)
+    part = where / source.part.name
+    data = bytearray(part.read_bytes())
+    data[0 if at is None else data.index(OBJECTS[PCT][0]) + at] ^= flip
+    part.write_bytes(bytes(data))
+    return part, data
+
+
 def test_check_part_finds_a_good_part_good_and_a_damaged_one_damaged(source, tmp_path):
     assert attachments.check_part(source.bset(), None) == []
     copy = tmp_path / "copy"
-    shutil.copytree(source.directory, copy)
-    part = copy / source.part.name
-    data = bytearray(part.read_bytes())
-    data[data.index(OBJECTS[PCT][0]) + 100] ^= 0xFF
-    part.write_bytes(bytes(data))
+    part, data = damaged_copy(source, copy, 100, 0xFF)
     assert attachments.check_part(source.bset(copy), None) == [
         f"attachment 'avatars/{PCT[1]}' does not match its sha256 in the manifest"
     ]
@@ -253,11 +261,7 @@ def assert_holds_the_set(server: MotoServer) -> None:
 def test_a_damaged_part_changes_nothing_it_would_delete(source, storage, tmp_path):
     mess_up(storage)
     copy = tmp_path / "copy"
-    shutil.copytree(source.directory, copy)
-    part = copy / source.part.name
-    data = bytearray(part.read_bytes())
-    data[data.index(OBJECTS[PCT][0]) + 10] ^= 1
-    part.write_bytes(bytes(data))
+    damaged_copy(source, copy, 10, 1)
     before = {b: stored(storage, b) for b in ("attachments", "avatars")}
     with pytest.raises(IntegrityError, match="does not match its sha256"):
         attachments.restore_part(config(storage), source.bset(copy), Silent(), None)
@@ -388,11 +392,7 @@ def test_a_damaged_part_under_force_fails_in_one_line_that_names_the_state(
     source, storage, tmp_path
 ):
     directory = tmp_path / "backups"
-    shutil.copytree(source.directory, directory)
-    part = directory / source.part.name
-    data = bytearray(part.read_bytes())
-    data[0] ^= 0x01  # the first member's header: tarfile cannot read the part
-    part.write_bytes(bytes(data))
+    damaged_copy(source, directory, None, 0x01)  # the first member's header: unreadable tar
     try:
         res = restore(source, directory, "force=true", *storage_args(storage), env=env())
         assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
@@ -436,11 +436,7 @@ def test_verify_passes_a_good_part_and_fails_a_rewritten_object(source, tmp, tmp
     # An object's bytes rewritten, and the file's checksum in the manifest fixed to match:
     # only the part's own list can tell.
     bad = tmp_path / "bad"
-    shutil.copytree(source.directory, bad)
-    part = bad / source.part.name
-    data = bytearray(part.read_bytes())
-    data[data.index(OBJECTS[PCT][0]) + 7] ^= 0x01
-    part.write_bytes(bytes(data))
+    _, data = damaged_copy(source, bad, 7, 0x01)
     (path,) = bad.glob("*-manifest.json")
     m = json.loads(path.read_text())
     m["files"][naming.ATTACHMENTS]["sha256"] = hashlib.sha256(data).hexdigest()
