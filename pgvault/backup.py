@@ -32,7 +32,7 @@ from pgvault import (
     space,
 )
 from pgvault.config import PgvaultConfig
-from pgvault.connection import Conn, conn_for_target, connect
+from pgvault.connection import Conn, conn_for_target, connect, needs_ssl
 from pgvault.dumpstream import CopyStats
 from pgvault.errors import ClientProgramError, PgvaultError
 from pgvault.facts import read_facts
@@ -141,8 +141,9 @@ def take_backup(
     with connect(conn, autocommit=True) as pg:
         server_major = pg.info.server_version // 10000
         programs = clients.find_programs(
-            server_major, conn.where, clients.CLIENT_PROGRAMS, cfg.clients.bindir
-        )
+            server_major, conn.where, clients.CLIENT_PROGRAMS, cfg.clients.bindir,
+            ssl=needs_ssl(conn),
+        )  # fmt: skip
         profile = profiles.choose(pg, cfg.target.profile, conn.dbname)
         if cfg.backup.attachments:
             from pgvault import attachments

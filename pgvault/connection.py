@@ -77,6 +77,31 @@ class Conn:
         return f"{host}:{port}"
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def needs_ssl(conn: Conn) -> bool:
+    """Whether the client programs for conn must be able to use SSL: sslmode asks for it,
+    or (libpq's default, prefer) the server is not on this machine, where programs built
+    without SSL (the embedded ones) would send everything unencrypted."""
+    p = conn.params
+    mode = p.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer"
+    if mode in ("disable", "allow"):
+        return False
+    if mode != "prefer":
+        return True
+    hosts = p.get("hostaddr") or p.get("host") or os.environ.get("PGHOST") or ""
+    return any(h and not h.startswith(("/", "@")) and not _loopback(h) for h in hosts.split(","))
+
+
 def conn_for_target(target: TargetConfig) -> Conn:
     """Given a target, return its Conn: target.url, else DATABASE_URL, else libpq's env."""
     url = target.url or os.environ.get("DATABASE_URL") or ""

@@ -105,14 +105,27 @@ def knows_restrict(version: str) -> bool:
 
 
 def psql_for(
-    server_major: int, dump_major: int, where: str, bindir: str | None, dump_version: str = ""
+    server_major: int,
+    dump_major: int,
+    where: str,
+    bindir: str | None,
+    dump_version: str = "",
+    *,
+    ssl: bool = False,
 ) -> str:
     """psql that can talk to the server and read what the set's pg_dump wrote: at least
-    both major versions, and new enough for `\restrict` when the pg_dump wrote it."""
+    both major versions, new enough for `\restrict` when the pg_dump wrote it, and built
+    with SSL when the connection needs it."""
     found = clients.available_programs(("psql",), bindir)
     if knows_restrict(dump_version):
         found = [p for p in found if knows_restrict(p.version)]
-    chosen = clients.pick(max(server_major, dump_major), found)
+    need_major = max(server_major, dump_major)
+    if ssl:
+        without = [p for p in found if not clients.has_ssl(p.bindir)]
+        found = [p for p in found if p not in without]
+        if clients.pick(need_major, found) is None and clients.pick(need_major, without):
+            raise clients.no_ssl("psql", without, where, need_major)
+    chosen = clients.pick(need_major, found)
     if chosen is not None:
         return chosen.path("psql")
     if dump_major > server_major:
@@ -127,9 +140,7 @@ def psql_for(
     else:
         need = server_major
         what = f"no psql {need} or newer for the PostgreSQL {need} server at {where}"
-    raise ClientProgramError(
-        what, f"install postgresql-client-{need}, or brew install postgresql@{need}"
-    )
+    raise ClientProgramError(what, clients.install_hint(need))
 
 
 def row_mismatches(expected: Mapping[str, TableEntry], seen: dict[str, int]) -> list[str]:

@@ -24,7 +24,7 @@ from psycopg.conninfo import make_conninfo
 from pgvault import catalog, clients, encryption, locks
 from pgvault.catalog import BackupSet
 from pgvault.config import Confirm, PgvaultConfig, Profile, TargetConfig
-from pgvault.connection import Conn, conn_for_target, conn_from_url, connect
+from pgvault.connection import Conn, conn_for_target, conn_from_url, connect, needs_ssl
 from pgvault.errors import (
     DatabaseMissing,
     IntegrityError,
@@ -88,7 +88,10 @@ def plan_restore(cfg: PgvaultConfig, env_name: str) -> RestorePlan:
     conn = restore_conn(cfg)
     assert bset.manifest is not None  # find_set gives a complete set
     state = inspect_target(conn, opts.create_database, Plan.from_manifest(bset.manifest).profile)
-    psql = psql_for(state.major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version)
+    psql = psql_for(
+        state.major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version,
+        ssl=needs_ssl(conn),
+    )  # fmt: skip
     return RestorePlan(bset, conn, state, psql, problems, storage)
 
 

@@ -22,7 +22,7 @@ from pgvault import load
 from pgvault.catalog import BackupSet
 from pgvault.cluster import NO_MEMORY, NO_SPACE, no_space, server_programs, throwaway
 from pgvault.config import PgvaultConfig
-from pgvault.connection import Conn, conn_from_url, connect
+from pgvault.connection import Conn, conn_from_url, connect, needs_ssl
 from pgvault.errors import ConfigError, PgvaultError, ServerError
 from pgvault.profiles import Plan
 from pgvault.profiles.standin import supabase_standin
@@ -258,8 +258,9 @@ def _scratch_target(cfg: PgvaultConfig, bset: BackupSet) -> Iterator[Scratch]:
             "point verify.target at a new, empty database (CREATE DATABASE ...)",
         )
     psql = load.psql_for(
-        server_major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version
-    )
+        server_major, bset.dump_major, conn.where, cfg.clients.bindir, bset.dump_version,
+        ssl=needs_ssl(conn),
+    )  # fmt: skip
     try:
         yield Scratch(conn, conn, server_major, psql)
     except BaseException:
