@@ -31,7 +31,10 @@ def run_demo(bindir: str | None, ui: Reporter) -> None:
     of the sample CRM database in a throwaway cluster."""
     programs = server_programs(0, bindir)
     with tempfile.TemporaryDirectory(prefix="pgvault-demo-") as tmp, throwaway(programs) as c:
-        ui.say(f"Started a throwaway PostgreSQL {programs.version} cluster on port {c.port}.")
+        ui.say(
+            f"Started a throwaway PostgreSQL {programs.version} cluster on port {c.port} "
+            f"({programs.origin} programs in {programs.bindir})."
+        )
         with connect(c.conn(), autocommit=True) as pg:
             pg.execute("CREATE DATABASE crm")
         psql = programs.path("psql")
@@ -70,7 +73,10 @@ def run_demo(bindir: str | None, ui: Reporter) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pgvault.demo", description=__doc__)
     p.add_argument("--selftest", action="store_true", help="exit non-zero unless it verifies")
-    p.add_argument("--bindir", help="directory of initdb/pg_ctl/postgres (default: search)")
+    p.add_argument(
+        "--bindir",
+        help="directory of initdb/pg_ctl/postgres, or system or embedded (default: search)",
+    )
     args = p.parse_args(argv)
     try:
         run_demo(args.bindir, Reporter())

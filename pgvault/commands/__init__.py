@@ -64,6 +64,7 @@ SPECS: dict[str, Spec] = {
              ("monitor", "remote")),
         Spec("schedule", "print, install or remove the daily backup's timer", "schedule",
              ("log",)),
+        Spec("doctor", "which PostgreSQL programs the target gets, and why", "doctor"),
     )
 }  # fmt: skip
 
