@@ -137,6 +137,11 @@ def as_text(d: Diagnosis) -> list[str]:
             lines.append(f"✓ {c.role}: {c.programs.describe()}: {c.why}")
         else:
             lines.append(f"{'✗' if d.server_version else '?'} {c.role}: {c.why}")
+    if d.choices[0].programs is not None:
+        lines.append(
+            "  (a set written by a newer pg_dump is restored with a psql at least as new, "
+            "from the same candidates)"
+        )
     server = d.choices[1].programs
     if server is not None and server.origin == clients.EMBEDDED and os.geteuid() == 0:
         lines.append(
