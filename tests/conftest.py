@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pgvault import clients
 from pgvault import cluster as clusters
 from pgvault.connection import Conn, connect
 
@@ -92,10 +93,25 @@ def load_sql_file(conn: Conn, path: Path) -> None:
     )
 
 
+def needs_contrib(programs: clients.Programs) -> None:
+    """Skip unless these server programs have the contrib extensions the feature-rich and
+    Supabase fixtures use (a real Supabase has them; the embedded wheel does not)."""
+    from pgvault.doctor import available_extensions
+
+    have = available_extensions(programs) or set()
+    lacking = sorted({"pgcrypto", "uuid-ossp"} - have)
+    if lacking:
+        pytest.skip(
+            f"the fixture needs {', '.join(lacking)}, which {programs.describe()} lack: "
+            "install the system's PostgreSQL (apt-get install postgresql)"
+        )
+
+
 @pytest.fixture(scope="session")
 def feature_db(pg_cluster) -> Conn:
     """A database with many PostgreSQL features (tests/sql/feature_rich.sql). Read-only
     for tests: make a copy (CREATE DATABASE ... TEMPLATE) before changing it."""
+    needs_contrib(pg_cluster.programs)
     name = create_database(pg_cluster, "feature")
     conn = pg_cluster.conn(name)
     load_sql_file(conn, HERE / "sql" / "feature_rich.sql")

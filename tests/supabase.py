@@ -37,6 +37,9 @@ def psql_file(programs: clients.Programs, conn: Conn, path: Path) -> None:
 @contextlib.contextmanager
 def supabase_cluster(programs: clients.Programs) -> Iterator[clusters.Cluster]:
     """A started cluster with the templates TEMPLATE and APP_TEMPLATE."""
+    from tests.conftest import needs_contrib
+
+    needs_contrib(programs)
     with clusters.throwaway(programs, superuser=SUPERUSER, tcp=True) as c:
         psql_file(programs, c.conn(), SQL / "cluster.sql")
         with connect(c.conn(), autocommit=True) as pg:
