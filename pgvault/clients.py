@@ -131,13 +131,13 @@ class Programs:
 
 
 def pick(server_major: int, available: list[Programs]) -> Programs | None:
-    """Pick the programs for a server: its own major version if present, else the
-    oldest newer one (a newer pg_dump reads older servers; an older one cannot). Of two
-    that fit as well, the system's win over the embedded ones."""
+    """Pick the programs for a server: the system's when any fit, else the embedded ones;
+    of those, the server's own major version if present, else the oldest newer one (a
+    newer pg_dump reads older servers; an older one cannot)."""
     usable = [p for p in available if p.major >= server_major]
     if not usable:
         return None
-    return min(usable, key=lambda p: (p.major, p.origin == EMBEDDED, -len(p.version)))
+    return min(usable, key=lambda p: (p.origin == EMBEDDED, p.major, -len(p.version)))
 
 
 def reason(

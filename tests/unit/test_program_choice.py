@@ -72,6 +72,12 @@ def test_the_systems_programs_win_over_the_embedded_ones_of_the_same_major(tmp_p
     assert choose(16).bindir == system
 
 
+def test_newer_system_programs_win_over_older_embedded_ones(tmp_path, machine):
+    newer = fake_bindir(tmp_path, "19.1")
+    machine([fake_bindir(tmp_path, "15.20"), newer], fake_bindir(tmp_path, "18.6"))
+    assert choose(17).bindir == newer
+
+
 def test_too_old_system_programs_give_way_to_the_embedded_ones(tmp_path, machine):
     wheel = fake_bindir(tmp_path, "18.6")
     machine([fake_bindir(tmp_path, "15.20")], wheel)
@@ -180,16 +186,16 @@ programs = st.builds(
 
 
 @given(st.integers(9, 20), st.lists(programs, max_size=8))
-def test_pick_takes_the_oldest_major_that_fits_and_the_systems_first(server, available):
+def test_pick_takes_the_systems_when_any_fit_then_the_oldest_major(server, available):
     chosen = clients.pick(server, available)
     fits = [p for p in available if p.major >= server]
     if not fits:
         assert chosen is None
         return
-    assert chosen is not None and chosen.major == min(p.major for p in fits)
-    same = [p for p in fits if p.major == chosen.major]
-    if any(p.origin == clients.SYSTEM for p in same):
-        assert chosen.origin == clients.SYSTEM
+    assert chosen is not None and chosen.major >= server
+    system = [p for p in fits if p.origin == clients.SYSTEM]
+    assert chosen.origin == (clients.SYSTEM if system else clients.EMBEDDED)
+    assert chosen.major == min(p.major for p in (system or fits))
 
 
 @pytest.mark.parametrize("bindir", ["embedded", "system", "/usr/lib/postgresql/15/bin", None])
