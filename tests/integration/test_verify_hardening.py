@@ -147,9 +147,10 @@ OBJECTS = {
     "text search dictionary": ("CREATE TEXT SEARCH DICTIONARY tsd (TEMPLATE = simple)",
                                "text search dictionary tsd",
                                "SELECT oid FROM pg_ts_dict WHERE dictname = 'tsd'"),
-    "cast": ("CREATE CAST (int4 AS bytea) WITH INOUT", "cast from integer to bytea",
+    # PostgreSQL 18 has its own integer-to-bytea casts: date to bytea is nobody's.
+    "cast": ("CREATE CAST (date AS bytea) WITH INOUT", "cast from date to bytea",
              "SELECT oid FROM pg_cast"
-             " WHERE castsource = 'int4'::regtype AND casttarget = 'bytea'::regtype"),
+             " WHERE castsource = 'date'::regtype AND casttarget = 'bytea'::regtype"),
     "conversion": ("CREATE CONVERSION conv FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8",
                    "conversion conv", "SELECT oid FROM pg_conversion WHERE conname = 'conv'"),
     "foreign data wrapper": ("CREATE FOREIGN DATA WRAPPER fdw", "foreign-data wrapper fdw",
