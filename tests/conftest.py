@@ -93,6 +93,13 @@ def load_sql_file(conn: Conn, path: Path) -> None:
     )
 
 
+def needs_tool(name: str) -> None:
+    """Skip, naming what to install, on a machine without a compressor or crontab (only
+    Python and make there: `bash .ci/run` installs them, and CI runs every test)."""
+    if name != "none" and shutil.which(name) is None:
+        pytest.skip(f"needs {name}: apt-get install {'cron' if name == 'crontab' else name}")
+
+
 def needs_contrib(programs: clients.Programs) -> None:
     """Skip unless these server programs have the contrib extensions the feature-rich and
     Supabase fixtures use (a real Supabase has them; the embedded wheel does not)."""

@@ -28,6 +28,7 @@ from tests.conftest import (
     PASSWORD_USER,
     create_database,
     drop_database,
+    needs_tool,
     one_line_error,
     pgvault_env,
     plain_psql_restore,
@@ -119,6 +120,7 @@ def test_two_backups_in_one_second_do_not_collide(small_db, backup_dir):
 def test_compressed_data_decompresses_to_the_counted_rows(
     small_db, backup_dir, compression, suffix, tool
 ):
+    needs_tool(tool)
     res = run_pgvault(
         "backup", f"dir={backup_dir}", f"compression={compression}", env=pgvault_env(small_db)
     )
@@ -318,6 +320,7 @@ def test_disk_full_removes_the_partial_set(big_db, small_db, backup_dir, compres
     and retention does not run, so a set older than retention.days survives too. The
     write error is what is reported, never the compressor the writer killed because of
     it (that race made gzip say "killed by signal 9" every time)."""
+    needs_tool(compression)
     assert run_pgvault("backup", f"dir={backup_dir}", env=pgvault_env(small_db)).returncode == 0
     (prefix,) = sets_in(backup_dir)
     copy_set(backup_dir, prefix, "backup-2001-01-01-000000")

@@ -27,6 +27,7 @@ from tests.conftest import (
     PASSWORD_USER,
     create_database,
     drop_database,
+    needs_tool,
     one_line_error,
     pgvault_env,
     run_pgvault,
@@ -211,6 +212,7 @@ def run_make(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_make_targets_pass_args_through(crm, tmp_path):
+    needs_tool("zstd")
     cluster, name, _ = crm
     directory = tmp_path / "backups"
     url = cluster.url(name)

@@ -18,6 +18,7 @@ from pgvault.connection import Conn
 from tests.conftest import (
     create_database,
     drop_database,
+    needs_tool,
     one_line_error,
     pgvault_env,
     run_pgvault,
@@ -149,6 +150,7 @@ def test_a_full_disk_says_no_space_whatever_the_compression(
     """The real thing: a small file system that fills up half-way through the dump. The
     compressor the writer killed because of it must not be reported instead. (The check
     before dumping is off: its estimate is a guide, and this is what happens past it.)"""
+    needs_tool(compression)
     with tmpfs(tmp_path / "small", "size=3m,mode=0700") as d:
         prefix = backup(small_db, d, NO_SPACE_CHECK)
         kept = sorted(p.name for p in d.iterdir())

@@ -21,6 +21,7 @@ from pgvault.ui import Reporter
 from tests.conftest import (
     create_database,
     drop_database,
+    needs_tool,
     one_line_error,
     pgvault_env,
     run_pgvault,
@@ -69,6 +70,7 @@ def config(directory: Path, url: str, **overrides: object) -> PgvaultConfig:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, source) -> tuple[Path, dict[str, str]]:
     """One real set per age (the "recent" one zstd-compressed), written once per module."""
+    needs_tool("zstd")
     directory = tmp_path_factory.mktemp("made") / "backups"
     prefixes = {}
     for label, age in AGES.items():

@@ -34,6 +34,7 @@ from tests.conftest import (
     PASSWORD_USER,
     create_database,
     drop_database,
+    needs_tool,
     pgvault_env,
     run_pgvault,
     run_sql,
@@ -370,6 +371,7 @@ def test_a_set_from_a_newer_pg_dump_restores(feature_set, empty_target, tmp_path
 def test_a_compressed_set_restores_and_a_truncated_one_changes_nothing(
     feature_db, feature_set, empty_target, tmp_path
 ):
+    needs_tool("zstd")
     source = backup(feature_db, tmp_path / "zstd", "compression=zstd")
     assert source.manifest["compression"] == "zstd"
     res = restore(empty_target, source.directory, source.prefix, "yes=true")

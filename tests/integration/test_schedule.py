@@ -17,7 +17,7 @@ import pytest
 
 from pgvault import cronexpr, schedule
 from pgvault.config import PgvaultConfig, ScheduleVerify
-from tests.conftest import one_line_error, pgvault_env
+from tests.conftest import needs_tool, one_line_error, pgvault_env
 
 UNRELATED = "MAILTO=ops@example.com\n# nightly report\n17 3 * * *  /usr/local/bin/report --all %Y\n"
 
@@ -147,6 +147,8 @@ def test_target_settings_on_the_command_line_are_refused_not_dropped(tmp_path):
 
 
 def test_uninstall_needs_neither_dir_nor_a_valid_expression(tmp_path):
+    if schedule.backend() == "crontab":  # else systemd's user timers
+        needs_tool("crontab")
     before = root_crontab() if shutil.which("crontab") else None
     res = run_cli("uninstall=true", "cron=0 25 * * *", "target=local", tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr

@@ -32,6 +32,7 @@ from pgvault.scratch import THROWAWAY_SETTINGS, could_not_run
 from tests.conftest import (
     create_database,
     drop_database,
+    needs_tool,
     one_line_error,
     pgvault_env,
     run_pgvault,
@@ -325,6 +326,7 @@ def test_a_set_of_thousands_of_tables_verifies(pg_cluster, tmp_path, tmp):
 def test_a_truncated_data_file_fails_verify_and_restore_changes_nothing(
     compression, parts_db, pg_cluster, tmp_path, tmp
 ):
+    needs_tool(compression)
     directory = backup_of(parts_db, tmp_path / "backups", f"compression={compression}")
     (data,) = directory.glob("*-data.sql*")
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
