@@ -19,6 +19,7 @@ from pgvault import manifest, naming, pipeline, store
 from pgvault.errors import ClientProgramError, IntegrityError, PgvaultError
 from pgvault.execute import PIPE, Stage
 from pgvault.manifest import read_manifest, read_verify_record
+from tests.conftest import needs_tool
 from tests.manifests import manifest_dict
 
 SECRET = b"the victim's own bytes\n"
@@ -168,6 +169,7 @@ def test_a_decompressor_is_never_given_a_link_or_a_fifo(bk, victim, compression)
 
     from pgvault import clients
 
+    needs_tool(compression)
     decompress = clients.decompressor(compression)
     packed = bk.parent / "packed"
     packed.write_bytes(gz.compress(SECRET) if compression == "gzip" else b"")
