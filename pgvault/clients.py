@@ -202,6 +202,16 @@ def no_ssl(names: str, without: list[Programs], where: str, major: int) -> Serve
     )
 
 
+def with_ssl(found: list[Programs], major: int, names: str, where: str) -> list[Programs]:
+    """The programs of found that can use SSL; refuses, naming the cause, when only
+    programs without it would have served a server of this major version."""
+    without = [p for p in found if not has_ssl(p.bindir)]
+    kept = [p for p in found if p not in without]
+    if pick(major, kept) is None and pick(major, without) is not None:
+        raise no_ssl(names, without, where, major)
+    return kept
+
+
 def install_hint(major: int) -> str:
     """What to install for programs of a major version (or newer)."""
     hint = (
@@ -226,10 +236,7 @@ def find_programs(
     found = available_programs(programs, configured)
     names = "/".join(programs)
     if ssl:
-        without = [p for p in found if not has_ssl(p.bindir)]
-        found = [p for p in found if p not in without]
-        if pick(server_major, found) is None and pick(server_major, without) is not None:
-            raise no_ssl(names, without, server_where, server_major)
+        found = with_ssl(found, server_major, names, server_where)
     chosen = pick(server_major, found)
     if chosen is not None:
         return chosen

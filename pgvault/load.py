@@ -121,10 +121,7 @@ def psql_for(
         found = [p for p in found if knows_restrict(p.version)]
     need_major = max(server_major, dump_major)
     if ssl:
-        without = [p for p in found if not clients.has_ssl(p.bindir)]
-        found = [p for p in found if p not in without]
-        if clients.pick(need_major, found) is None and clients.pick(need_major, without):
-            raise clients.no_ssl("psql", without, where, need_major)
+        found = clients.with_ssl(found, need_major, "psql", where)
     chosen = clients.pick(need_major, found)
     if chosen is not None:
         return chosen.path("psql")
