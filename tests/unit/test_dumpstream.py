@@ -3,10 +3,10 @@ from __future__ import annotations
 import hashlib
 import re
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pgvault.dumpstream import CopyStats, RolesRewriter, parse_copy_header
+from pgvault.dumpstream import CopyStats, RolesRewriter, find_terminator, parse_copy_header
 
 # COPY text format escapes backslash, tab, newline and CR, so rows never contain them raw.
 cell = st.text(
@@ -53,6 +53,39 @@ def test_counts_and_hashes_do_not_depend_on_chunking(tables, cuts):
         for name, rows in tables
     }
     assert stats == expected
+
+
+def first_terminator(block: bytes, pos: int, end: int) -> int:
+    """The plain definition: the first line in block[pos:end] that is exactly `\\.`."""
+    at = pos
+    while at < end:
+        eol = block.find(b"\n", at, end)
+        if eol < 0:
+            return -1
+        if block[at:eol] == b"\\.":
+            return at
+        at = eol + 1
+    return -1
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"\\", b".", b"\n", b"N", b"ab", b"\\.\n", b"\\N\t", b"\\\n"]), max_size=80
+    ),
+    st.integers(0, 400),
+    st.integers(0, 400),
+    st.integers(1, 20),
+)
+@example([b"\\\n", b"\\.\n"], 0, 9, 1)  # the end found right after a backslash that was not it
+def test_the_terminator_search_finds_the_first_line_that_ends_the_data(pieces, a, b, patience):
+    """Many backslashes (past the point where the search changes strategy) or none, the
+    answer is the first whole line `\\.` in the range, whatever the range's bounds."""
+    block = b"".join(pieces)
+    # pos must start a line: the block's start or just after one of its newlines.
+    starts = [0] + [i + 1 for i, c in enumerate(block) if c == 0x0A]
+    pos = starts[a % len(starts)]
+    end = pos + b % (len(block) - pos + 1)
+    assert find_terminator(block, pos, end, patience) == first_terminator(block, pos, end)
 
 
 def test_copy_header_names():
