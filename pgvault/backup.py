@@ -22,6 +22,7 @@ from pgvault import (
     __version__,
     catalog,
     clients,
+    direct,
     encryption,
     locks,
     naming,
@@ -355,23 +356,20 @@ def _dump(
                     transform=plan.platform_transform(),
                     recipients=recipients,
                 )
+            data = [pg_dump, *clients.pg_dump_data_args(info, snapshot, wait_ms), *plan.data_args()]
+            trailer = matview_trailer(facts["matviews"])
             with ui.transfer("data", estimate) as progress:
-                stats["data"] = pipeline.stream_to_file(
-                    [
-                        [
-                            pg_dump,
-                            *clients.pg_dump_data_args(info, snapshot, wait_ms),
-                            *plan.data_args(),
-                        ]
-                    ],
-                    env,
-                    partial["data"],
-                    observers=[copy_stats, raw],
-                    compressor=compressor,
-                    progress=progress,
-                    trailer=matview_trailer(facts["matviews"]),
-                    recipients=recipients,
-                )
+                if compressor is None and not recipients:  # pg_dump writes the file itself
+                    stats["data"] = direct.dump_to_file(
+                        data, env, partial["data"], observers=[copy_stats, raw],
+                        progress=progress, trailer=trailer,
+                    )  # fmt: skip
+                else:
+                    stats["data"] = pipeline.stream_to_file(
+                        [data], env, partial["data"], observers=[copy_stats, raw],
+                        compressor=compressor, progress=progress, trailer=trailer,
+                        recipients=recipients,
+                    )  # fmt: skip
             for kind, fut in futures.items():
                 stats[kind] = fut.result()
     finally:

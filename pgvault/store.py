@@ -91,8 +91,9 @@ class LocalStore:
         return is_locked(self.directory)
 
 
-def create_new(path: Path) -> int:
-    """Create the file path for writing (mode 0600) and return its descriptor.
+def create_new(path: Path, *, readable: bool = False) -> int:
+    """Create the file path for writing (mode 0600), and reading too when readable, and
+    return its descriptor.
 
     Nothing already at the name is ever opened: O_EXCL with O_NOFOLLOW refuses a planted
     symlink instead of writing through it (we may run as root). A `.partial` name holds
@@ -101,7 +102,8 @@ def create_new(path: Path) -> int:
     if path.name.endswith(naming.PARTIAL_SUFFIX):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NEVER_FOLLOW, 0o600)
+    mode = os.O_RDWR if readable else os.O_WRONLY
+    return os.open(path, mode | os.O_CREAT | os.O_EXCL | _NEVER_FOLLOW, 0o600)
 
 
 def open_regular(path: Path) -> BinaryIO:

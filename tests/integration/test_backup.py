@@ -290,13 +290,53 @@ def _wait_for_partial_data(backup_dir: Path, proc: subprocess.Popen[str], size: 
     raise AssertionError("the backup never got going")
 
 
+def _children(parent: int, name: str) -> list[int]:
+    """The pids of parent's child processes running the program name."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            comm, rest = (entry / "stat").read_text().rsplit(")", 1)
+            if int(rest.split()[1]) == parent and comm.split("(", 1)[1] == name:
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Still running: not gone, and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def test_kill_9_during_the_data_dump_leaves_no_complete_looking_set(big_db, small_db, backup_dir):
     assert run_pgvault("backup", f"dir={backup_dir}", env=pgvault_env(small_db)).returncode == 0
     before = digest(backup_dir)
     proc = start_backup(big_db, backup_dir)
     _wait_for_partial_data(backup_dir, proc, 2 << 20)
+    # pg_dump writes the data file itself: it must not go on without pgvault. Frozen, it
+    # cannot finish by itself before the check.
+    dumps = [
+        pid for pid in _children(proc.pid, "pg_dump")
+        if b"--data-only" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]  # fmt: skip
+    assert dumps
+    for pid in dumps:
+        os.kill(pid, signal.SIGSTOP)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    try:
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid in dumps) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_running(pid) for pid in dumps)
+    finally:
+        for pid in dumps:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     after = digest(backup_dir)
     # The older set is untouched; what the killed run left is only .partial files (and
     # its start in the state file, which status reads).
