@@ -12,6 +12,7 @@ import glob
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,16 +164,27 @@ def available_programs(programs: tuple[str, ...], configured: str | None) -> lis
     """Every candidate directory that has all the given programs, with its version. A
     candidate that cannot tell its version (say, a wrapper whose packages are gone) is
     passed over, unless clients.bindir names it."""
+    dirs = [
+        (d, origin) for d, origin in candidate_bindirs(configured)
+        if all(os.access(d / prog, os.X_OK) and (d / prog).is_file() for prog in programs)
+    ]  # fmt: skip
+
+    def probe(d: Path) -> tuple[int, str] | ClientProgramError:
+        try:
+            return program_version(str(d / programs[0]))
+        except ClientProgramError as e:
+            return e
+
+    # One `--version` run per directory, side by side: each is a process start.
+    with ThreadPoolExecutor(max_workers=max(1, len(dirs))) as pool:
+        answers = list(pool.map(probe, [d for d, _ in dirs]))
     found = []
-    for d, origin in candidate_bindirs(configured):
-        if all(os.access(d / prog, os.X_OK) and (d / prog).is_file() for prog in programs):
-            try:
-                major, version = program_version(str(d / programs[0]))
-            except ClientProgramError:
-                if origin == CONFIGURED:
-                    raise
-                continue
-            found.append(Programs(d, major, version, origin))
+    for (d, origin), answer in zip(dirs, answers, strict=True):
+        if isinstance(answer, ClientProgramError):
+            if origin == CONFIGURED:
+                raise answer
+            continue
+        found.append(Programs(d, *answer, origin))
     return found
 
 
