@@ -19,6 +19,7 @@ import signal
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -107,8 +108,6 @@ def _masked_excepthook(
 
 
 def _main(args: list[str]) -> None:
-    from pgvault import arguments
-
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     command = "backup"
     # SIGTERM unwinds like Ctrl-C, so throwaway clusters and partial files are cleaned up.
@@ -117,8 +116,15 @@ def _main(args: list[str]) -> None:
         if "--version" in args or args[:1] == ["-V"]:
             print(f"pgvault {__version__}")
             return
+        if args in (["--help"], ["-h"]) and user_conf_dir() is None:
+            from pgvault import apphelp
+
+            if apphelp.show_packaged(packaged_conf_dir()):
+                return
         if any(a in ("-sc", "--shell-completion") for a in args) and _complete_command():
             return
+        from pgvault import arguments  # Hydra and the schema: after the cheap answers
+
         config_dir, extra = search_setup()
         groups = arguments.config_groups(Path(config_dir), user_conf_dir(), packaged_conf_dir())
         call = arguments.prepare(args, groups)
@@ -133,6 +139,11 @@ def _main(args: list[str]) -> None:
 
             show_config(config_dir, call.command, call.flags, overrides)
             return
+        if any(a in ("--help", "-h") for a in call.flags) and len(call.flags) == 1:
+            from pgvault import apphelp
+
+            if apphelp.show(config_dir, overrides):
+                return
         # Set for Hydra only: an embedding process (or a test) keeps its own setting.
         saved = os.environ.get("HYDRA_FULL_ERROR")
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -290,16 +301,37 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
         except PgvaultError as e:
             failures.append(e)
 
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "pgvault", *args]
-    try:
-        app()
-    finally:
-        sys.argv = saved
+    if any(a.startswith("-") for a in args):  # Hydra's flags: its own command line
+        saved = sys.argv
+        sys.argv = [saved[0] if saved else "pgvault", *args]
+        try:
+            app()
+        finally:
+            sys.argv = saved
+    else:
+        _run_once(config_dir, args, app.__wrapped__)
     for e in failures[:-1]:
         _error(e.line())
     if failures:
         raise failures[-1]
+
+
+def _run_once(config_dir: str, overrides: list[str], task: Callable[[Any], None]) -> None:
+    """What @hydra.main does for a plain run, less its first composition of the config:
+    that one only reads hydra.mode, which a plain run of pgvault never sets, and costs as
+    much as the second (about 70 ms of every command)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path, detect_task_name
+    from hydra.core.global_hydra import GlobalHydra
+
+    search_path = create_automatic_config_search_path(None, None, config_dir)
+    hydra = Hydra.create_main_hydra2(
+        task_name=detect_task_name(__file__, None), config_search_path=search_path
+    )
+    try:
+        hydra.run(config_name="config", task_function=task, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def dispatch(
