@@ -19,8 +19,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -292,6 +290,8 @@ def ping(
         warn(f"notify.ping_url is not an http(s) URL; the {run.command} itself is unaffected")
         return
     body = "" if event is hooks.Event.start else "\n".join(_summary(run))
+    import urllib.error  # here: http.client and email cost every command 11 ms to import
+    import urllib.request
 
     def attempt() -> str | None:
         request = urllib.request.Request(

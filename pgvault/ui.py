@@ -6,14 +6,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from pgvault.listener import Progress as Advance
 
@@ -52,6 +44,15 @@ class Reporter:
         if self.quiet or not self.err.is_terminal:
             yield lambda _done: None
             return
+        from rich.progress import (  # only for a terminal
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         columns = [
             TextColumn(f"  {label}"),
             BarColumn(),
