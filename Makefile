@@ -29,8 +29,8 @@ lint: venv
 	$(BIN)/ruff format --check pgvault tests noxfile.py
 	$(BIN)/mypy
 
-# pgvault against the bare client programs on a pgbench database (SCALES="10 50").
-SCALES ?= 10 50
+# pgvault against the bare client programs on a pgbench database (SCALES="20 50").
+SCALES ?= 20 50
 bench: venv
 	$(BIN)/python -m tests.bench.run --scales $(SCALES)
 

@@ -23,7 +23,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     session.install("-e", ".[dev,embedded]")
-    session.run("python", "-m", "tests.bench.run", *(session.posargs or ["--scales", "10", "50"]))
+    session.run("python", "-m", "tests.bench.run", *(session.posargs or ["--scales", "20", "50"]))
 
 
 @nox.session

@@ -9,6 +9,7 @@ with the manifest. Every set is shown, whatever is wrong with it.
 from __future__ import annotations
 
 import contextlib
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -46,12 +47,13 @@ def assess(bset: BackupSet, *, check: bool, locked: bool, newest: bool) -> Backu
 
 def _disk_files(bset: BackupSet) -> tuple[DiskFile, ...]:
     out = []
-    for path in sorted(bset.all_paths()):
+    partial = {p.name for p in bset.partial}
+    for path in sorted(bset.all_paths(), key=lambda p: p.name):  # all in one directory
         parsed = naming.parse_file_name(path.name)
         with contextlib.suppress(FileNotFoundError):  # a concurrent prune removed it
-            size = path.stat().st_size
+            size = os.stat(path).st_size
             kind = parsed.kind if parsed else "?"
-            out.append(DiskFile(path.name, kind, size, path in bset.partial))
+            out.append(DiskFile(path.name, kind, size, path.name in partial))
     return tuple(out)
 
 

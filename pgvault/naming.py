@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,9 @@ def format_prefix(when: datetime) -> str:
 YEARS = (1970, 9998)
 
 
+# Both parsers are pure and asked about the same names many times over (`list` of 1,000
+# sets: 5,000 times each).
+@functools.lru_cache(maxsize=16384)
 def parse_prefix(prefix: str) -> datetime:
     """Given a set prefix, return its UTC time; ValueError if it is not a pgvault prefix."""
     m = _PREFIX_RE.fullmatch(prefix)
@@ -86,6 +90,7 @@ class ParsedName:
     encrypted: bool = False
 
 
+@functools.lru_cache(maxsize=16384)
 def parse_file_name(name: str) -> ParsedName | None:
     """Return what a file name means, or None when it is not a file pgvault writes.
 

@@ -17,9 +17,11 @@ if not console.is_terminal:  # e.g. `make bench | tee`: room for the whole table
 class Row:
     """One measurement at one scale (None: across scales).
 
-    value/baseline are medians in `unit`. The target is `ratio <= max_ratio` when there is
-    a baseline and max_ratio is set, else `value <= max_value`. note replaces the figures
-    when the measurement was skipped or failed.
+    value/baseline are medians in `unit`; runs/base_runs every run behind them (their
+    spread is shown: on a VM one run can differ from the next by a quarter). The target
+    is `ratio <= max_ratio` when there is a baseline and max_ratio is set, `value -
+    baseline <= max_over` with max_over, else `value <= max_value`. note replaces the
+    figures when the measurement was skipped or failed.
     """
 
     scale: int | None
@@ -32,6 +34,9 @@ class Row:
     max_value: float | None = None
     target_text: str = ""
     note: str = ""
+    max_over: float | None = None
+    runs: tuple[float, ...] = ()
+    base_runs: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float | None:
@@ -45,6 +50,8 @@ class Row:
             return None
         if self.max_ratio is not None:
             return self.ratio is not None and self.ratio <= self.max_ratio
+        if self.max_over is not None:
+            return self.baseline is not None and self.value - self.baseline <= self.max_over
         if self.max_value is not None:
             return self.value <= self.max_value
         return None
@@ -55,6 +62,8 @@ class Row:
             return self.target_text
         if self.max_ratio is not None:
             return f"ratio <= {self.max_ratio:.2f}"
+        if self.max_over is not None:
+            return f"<= +{self.max_over:g} {self.unit} over it"
         if self.max_value is not None:
             return f"<= {self.max_value:g} {self.unit}"
         return ""
@@ -72,6 +81,10 @@ def fmt(value: float | None, unit: str) -> str:
     return f"{value:.2f} {unit}" if unit == "s" else f"{value:.1f} {unit}"
 
 
+def spread(runs: Sequence[float], unit: str) -> str:
+    return f"{min(runs):.2f}-{max(runs):.2f}" if len(runs) > 1 and unit == "s" else ""
+
+
 def say(text: str) -> None:
     """A progress line while the benchmark runs."""
     console.print(text, markup=False, soft_wrap=True)
@@ -86,13 +99,17 @@ def announce(row: Row) -> None:
         parts.append(f"vs {row.baseline_what} {fmt(row.baseline, row.unit)}")
     if row.ratio is not None:
         parts.append(f"ratio {row.ratio:.2f}")
+    if row.runs and row.unit == "s":
+        parts.append(f"[runs {' '.join(f'{x:.2f}' for x in row.runs)}")
+        parts[-1] += f" vs {' '.join(f'{x:.2f}' for x in row.base_runs)}]" if row.base_runs else "]"
     parts.append(f"(target {row.target}: {row.verdict})")
     say(" ".join(parts))
 
 
 def print_table(rows: Sequence[Row], repeat: int) -> None:
     table = Table(title=f"pgvault benchmark (medians of {repeat} runs)", show_lines=False)
-    for col in ("scale", "measurement", "pgvault", "baseline", "ratio", "target", "result"):
+    columns = ("scale", "measurement", "pgvault", "baseline", "ratio", "spread", "target", "result")
+    for col in columns:
         table.add_column(
             col, justify="right" if col in ("pgvault", "baseline", "ratio") else "left"
         )
@@ -105,6 +122,7 @@ def print_table(rows: Sequence[Row], repeat: int) -> None:
             fmt(r.value, r.unit) if not r.note else r.note.partition(": ")[2],
             base,
             f"{r.ratio:.2f}" if r.ratio is not None else "",
+            " / ".join(x for x in (spread(r.runs, r.unit), spread(r.base_runs, r.unit)) if x),
             r.target,
             f"[{style.get(r.verdict, '')}]{r.verdict}[/]" if r.verdict in style else r.verdict,
         )

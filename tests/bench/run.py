@@ -1,6 +1,6 @@
 """`make bench` / `nox -s bench`: pgvault against the bare client programs on pgbench data.
 
-    python -m tests.bench.run --scales 10 50 --repeat 3 [--keep]
+    python -m tests.bench.run --scales 20 50 --repeat 3 [--keep]
 
 Everything runs in a throwaway cluster started here (never the machine's own server)
 and in a temp dir removed afterwards. Speed is measured and reported, never asserted:
@@ -20,28 +20,35 @@ from pgvault.cluster import server_programs, throwaway
 from pgvault.errors import PgvaultError
 
 from .measure import BenchError
-from .report import Row, print_table, say
+from .report import Row, announce, print_table, say
+from .startup import bench_startup
 from .upload import start_server
 from .workloads import Bench, run_scale
 
 METHOD = """\
-Method: wall-clock medians of --repeat runs, pgvault run as its real CLI (`python -m pgvault`,
-quiet=true) against libpq's PG* environment, each backup into a fresh directory and each
-restore into a fresh empty database. Baselines are the seed's commands: pg_dumpall
---roles-only, pg_dump --schema-only and pg_dump --data-only one after another into files;
-`psql --single-transaction -v ON_ERROR_STOP=1 -f roles -f schema -c 'SET
-session_replication_role = replica' -f data` on pgvault's own files. Peak RSS is that of
-the pgvault Python process alone (getrusage(RUSAGE_SELF) at exit, through a wrapper that
-runs the CLI with runpy); wait4()/time(1) would fold in its pg_dump children's peaks.
-The list times include Python and Hydra start-up: the baseline column is the same command
-on an empty directory. Upload: `pgvault push` of the set (push.prune=false) and a Python
-process calling boto3's client.upload_file for the same files (its default TransferConfig),
-each into a fresh bucket of a moto server on loopback; moto's own speed bounds both."""
+Method: wall-clock medians of --repeat runs after one untimed round, pgvault run as its
+real CLI (`python -m pgvault`, quiet=true) against libpq's PG* environment, alternating
+who goes first; each side's previous output is removed just before its next run (on a VM
+the page cache of memory freed seconds earlier costs a host fault per page: 0.1 s or 1 s
+per 500 MB by chance). Every run is listed as a spread. Baselines are the seed's
+commands: pg_dumpall --roles-only, pg_dump --schema-only and pg_dump --data-only one
+after another into files; `psql --single-transaction -v ON_ERROR_STOP=1 -f roles -f
+schema -c 'SET session_replication_role = replica' -f data` on pgvault's own files.
+Floors: what pgvault cannot go below on this machine, measured in this run: Python
+importing pgvault's libraries; the checksum work (the manifest's sha256 of the data
+file and each table's rows and sha256, pgvault's own code reading the seed's file from
+the page cache) added to the seed's dumps. Peak RSS is that of the pgvault Python
+process alone (getrusage(RUSAGE_SELF) at exit, through a wrapper that runs the CLI with
+runpy); wait4()/time(1) would fold in its pg_dump children's peaks. The list times
+include Python and Hydra start-up: the baseline column is the same command on an empty
+directory. Upload: `pgvault push` of the set (push.prune=false) and a Python process
+calling boto3's client.upload_file for the same files (its default TransferConfig), each
+into a fresh bucket of a moto server on loopback; moto's own speed bounds both."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench.run", description="pgvault benchmark")
-    p.add_argument("--scales", type=int, nargs="+", default=[10, 50], help="pgbench scales")
+    p.add_argument("--scales", type=int, nargs="+", default=[20, 50], help="pgbench scales")
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
     p.add_argument("--keep", action="store_true", help="keep the temp dirs and say where")
     args = p.parse_args(argv)
@@ -84,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         s3, s3_note = start_server(work)
         with throwaway(programs, tcp=True) as cluster:
             bench = Bench(cluster, programs, work, args.repeat, args.keep, s3, s3_note)
+            say("start-up: an empty database, and the libraries pgvault imports")
+            try:
+                for row in bench_startup(bench):
+                    announce(row)
+                    rows.append(row)
+            except BenchError as e:
+                rows.append(Row(None, "start-up", note=f"error: {e}"))
             for scale in args.scales:
                 say(f"scale {scale}: pgbench -i -s {scale}, then {args.repeat} run(s) each")
                 try:
