@@ -388,7 +388,7 @@ class ByteCount:
     def __init__(self) -> None:
         self.total = 0
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | bytearray) -> None:
         self.total += len(chunk)
 
 

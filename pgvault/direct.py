@@ -119,8 +119,11 @@ def dump_to_file(
     the program could not write."""
     fd = store.create_new(dest, readable=True)
     digest, size = hashlib.sha256(), 0
+    # One buffer for every read: no allocation per chunk. Observers see it only for the
+    # time of their feed() (CopyStats copies what it keeps).
+    buffer = bytearray(CHUNK)
 
-    def take(chunk: bytes) -> None:
+    def take(chunk: bytes | bytearray) -> None:
         nonlocal size
         for obs in observers:
             obs.feed(chunk)
@@ -136,9 +139,9 @@ def dump_to_file(
                 with _exit_waiter(stage.proc) as wait:
                     while True:
                         exited = _has_exited(stage.proc)
-                        chunk = os.pread(fd, CHUNK, size)
-                        if chunk:
-                            take(chunk)
+                        got = os.preadv(fd, [buffer], size)
+                        if got:
+                            take(buffer if got == CHUNK else bytes(memoryview(buffer)[:got]))
                             if progress is not None:
                                 progress(size)
                         elif exited:

@@ -18,7 +18,9 @@ _TERMINATOR = b"\\.\n"
 _BACKSLASH_HITS = 16
 
 
-def find_terminator(block: bytes, pos: int, end: int, patience: int = _BACKSLASH_HITS) -> int:
+def find_terminator(
+    block: bytes | bytearray, pos: int, end: int, patience: int = _BACKSLASH_HITS
+) -> int:
     """Where the first line of block[pos:end] that reads `\\.` starts, or -1; pos must
     start a line. Searches for the backslash (memchr, many times faster than a search for
     the whole line) and checks each one found, until patience of them were not it."""
@@ -36,7 +38,7 @@ def find_terminator(block: bytes, pos: int, end: int, patience: int = _BACKSLASH
     return -1
 
 
-def parse_copy_header(line: bytes) -> str:
+def parse_copy_header(line: bytes | bytearray) -> str:
     """Given `COPY schema.table (cols) FROM stdin;`, return `schema.table` as pg_dump
     wrote it (quoted identifiers kept quoted)."""
     text = line.decode("utf-8", "replace")
@@ -95,7 +97,7 @@ class CopyStats:
         self._carry = b""
         self._current: TableStats | None = None
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | bytearray) -> None:
         # Work on the chunk in place (indices and memoryviews): a stream is hundreds of
         # megabytes, and every copy of it costs as much as the hashing.
         start = 0
@@ -110,12 +112,12 @@ class CopyStats:
             start = nl + 1
         end = chunk.rfind(b"\n", start) + 1
         if end <= start:
-            self._carry = chunk[start:]
+            self._carry = bytes(chunk[start:])
             return
-        self._carry = chunk[end:]
+        self._carry = bytes(chunk[end:])  # the chunk's buffer may be reused once we return
         self._scan(chunk, start, end)
 
-    def _scan(self, block: bytes, pos: int, end: int) -> None:
+    def _scan(self, block: bytes | bytearray, pos: int, end: int) -> None:
         # Invariant: pos is always at the start of a line.
         view = memoryview(block)
         while pos < end:
@@ -146,7 +148,7 @@ class CopyStats:
             self._current = None
             pos = term + len(_TERMINATOR)
 
-    def _setvals(self, block: bytes, pos: int, end: int) -> None:
+    def _setvals(self, block: bytes | bytearray, pos: int, end: int) -> None:
         """Record the setval lines in block[pos:end] (SQL, whole lines). A plain find
         first: large-object data makes this part of a dump long."""
         i = block.find(_SETVAL_START, pos, end)

@@ -31,7 +31,7 @@ _QUEUED_CHUNKS = 4  # at most this many chunks wait for the writer: memory stays
 
 
 class Observer(Protocol):
-    def feed(self, chunk: bytes) -> None: ...
+    def feed(self, chunk: bytes | bytearray) -> None: ...
 
 
 @dataclass(frozen=True)

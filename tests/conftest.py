@@ -93,6 +93,15 @@ def load_sql_file(conn: Conn, path: Path) -> None:
     )
 
 
+def process_running(pid: int) -> bool:
+    """Still running (Linux): not gone, and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def needs_tool(name: str) -> None:
     """Skip, naming what to install, on a machine without a compressor or crontab (only
     Python and make there: `bash .ci/run` installs them, and CI runs every test)."""

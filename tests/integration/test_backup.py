@@ -32,6 +32,7 @@ from tests.conftest import (
     one_line_error,
     pgvault_env,
     plain_psql_restore,
+    process_running,
     run_pgvault,
     run_sql,
 )
@@ -303,15 +304,6 @@ def _children(parent: int, name: str) -> list[int]:
     return found
 
 
-def _running(pid: int) -> bool:
-    """Still running: not gone, and not a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 def test_kill_9_during_the_data_dump_leaves_no_complete_looking_set(big_db, small_db, backup_dir):
     assert run_pgvault("backup", f"dir={backup_dir}", env=pgvault_env(small_db)).returncode == 0
     before = digest(backup_dir)
@@ -330,9 +322,9 @@ def test_kill_9_during_the_data_dump_leaves_no_complete_looking_set(big_db, smal
     proc.wait()
     try:
         deadline = time.monotonic() + 10
-        while any(_running(pid) for pid in dumps) and time.monotonic() < deadline:
+        while any(process_running(pid) for pid in dumps) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_running(pid) for pid in dumps)
+        assert not any(process_running(pid) for pid in dumps)
     finally:
         for pid in dumps:
             with contextlib.suppress(ProcessLookupError):

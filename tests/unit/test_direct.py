@@ -14,12 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from pgvault.direct import Tether, dump_to_file, write_failure
 from pgvault.errors import ClientProgramError
+from tests.conftest import process_running
 
 WRITER = """
 import os, sys, time
@@ -112,19 +112,10 @@ time.sleep(60)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
+    while process_running(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
+    assert not process_running(child)
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
     Tether(sleeper.pid).disarm()
     assert sleeper.wait(timeout=10) == 0
-
-
-def _alive(pid: int) -> bool:
-    """Running, not merely a zombie waiting for init to reap it."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
