@@ -99,7 +99,7 @@ def announce(row: Row) -> None:
         parts.append(f"vs {row.baseline_what} {fmt(row.baseline, row.unit)}")
     if row.ratio is not None:
         parts.append(f"ratio {row.ratio:.2f}")
-    if row.runs and row.unit == "s":
+    if row.runs:
         parts.append(f"[runs {' '.join(f'{x:.2f}' for x in row.runs)}")
         parts[-1] += f" vs {' '.join(f'{x:.2f}' for x in row.base_runs)}]" if row.base_runs else "]"
     parts.append(f"(target {row.target}: {row.verdict})")

@@ -30,20 +30,22 @@ Method: wall-clock medians of --repeat runs after one untimed round, pgvault run
 real CLI (`python -m pgvault`, quiet=true) against libpq's PG* environment, alternating
 who goes first; each side's previous output is removed just before its next run (on a VM
 the page cache of memory freed seconds earlier costs a host fault per page: 0.1 s or 1 s
-per 500 MB by chance). Every run is listed as a spread. Baselines are the seed's
-commands: pg_dumpall --roles-only, pg_dump --schema-only and pg_dump --data-only one
-after another into files; `psql --single-transaction -v ON_ERROR_STOP=1 -f roles -f
-schema -c 'SET session_replication_role = replica' -f data` on pgvault's own files.
-Floors: what pgvault cannot go below on this machine, measured in this run: Python
-importing pgvault's libraries; the checksum work (the manifest's sha256 of the data
-file and each table's rows and sha256, pgvault's own code reading the seed's file from
-the page cache) added to the seed's dumps. Peak RSS is that of the pgvault Python
-process alone (getrusage(RUSAGE_SELF) at exit, through a wrapper that runs the CLI with
-runpy); wait4()/time(1) would fold in its pg_dump children's peaks. The list times
-include Python and Hydra start-up: the baseline column is the same command on an empty
-directory. Upload: `pgvault push` of the set (push.prune=false) and a Python process
-calling boto3's client.upload_file for the same files (its default TransferConfig), each
-into a fresh bucket of a moto server on loopback; moto's own speed bounds both."""
+per 500 MB by chance), and before each run a CHECKPOINT and sync write back what the
+earlier runs left dirty (else one run pays for the last). Every run is listed as a
+spread. Baselines are the seed's commands: pg_dumpall --roles-only, pg_dump --schema-
+only and pg_dump --data-only one after another into files; `psql --single-transaction -v
+ON_ERROR_STOP=1 -f roles -f schema -c 'SET session_replication_role = replica' -f data`
+on pgvault's own files. Floors: what pgvault cannot go below on this machine, measured
+in this run: Python importing pgvault's libraries; the checksum work (the manifest's
+sha256 of the data file and each table's rows and sha256, pgvault's own code reading the
+seed's file from the page cache) added to the seed's dumps. Peak RSS is that of the
+pgvault Python process alone (getrusage(RUSAGE_SELF) at exit, through a wrapper that
+runs the CLI with runpy); wait4()/time(1) would fold in its pg_dump children's peaks.
+The list times include Python and Hydra start-up: the baseline column is the same
+command on an empty directory. Upload: `pgvault push` of the set (push.prune=false) and
+a Python process calling boto3's client.upload_file for the same files (its default
+TransferConfig), each into a fresh bucket of a moto server on loopback; moto's own speed
+bounds both."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -62,6 +62,13 @@ class Bench:
             PGHOST=str(c.socket_dir), PGPORT=str(c.port), PGUSER=c.superuser, PGDATABASE=dbname
         )
 
+    def settle(self) -> None:
+        """Write back what earlier runs left dirty in the page cache (the cluster runs with
+        fsync off): a run must not pay for the one before it, whose gigabytes the kernel
+        would otherwise write back, throttling every writer, during this one."""
+        self.sql("CHECKPOINT")
+        os.sync()
+
     def sql(self, statement: str) -> None:
         with connect(self.cluster.conn(), autocommit=True) as pg:
             pg.execute(statement)
@@ -122,7 +129,7 @@ def bench_backup(b: Bench, scale: int, db: str) -> tuple[list[Row], Path, str]:
             median(theirs), "seed dumps", runs=tuple(work),
             target_text=f"the work alone: {median(work):.2f} s"),
         Row(scale, "backup peak RSS", "MB", max(rss) if rss else None,
-            max_value=150, note="" if rss else "error: no RSS reported"),
+            max_value=150, note="" if rss else "error: no RSS reported", runs=tuple(rss)),
     ]  # fmt: skip
     return rows, kept, sets[0].prefix
 
@@ -142,6 +149,7 @@ def paired_runs(
     theirs: list[Sample] = []
     for i in range(b.repeat + 1):
         for who in ("pgvault", "seed") if i % 2 == 0 else ("seed", "pgvault"):
+            b.settle()
             sample = ours() if who == "pgvault" else seed()
             if i > 0:
                 (mine if who == "pgvault" else theirs).append(sample)
@@ -280,9 +288,12 @@ def load_floor(b: Bench, scale: int, set_dir: Path, prefix: str) -> list[float]:
             f.write(chunk)
     argv = [b.tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(stream)]
     name = f"restore_floor_s{scale}"
+    runs = []
     try:
-        return [run_timed(argv, b.env(b.fresh_db(name)), b.work, name="psql -f stream")[0]
-                for _ in range(b.repeat)]  # fmt: skip
+        for _ in range(b.repeat):
+            b.settle()
+            runs.append(run_timed(argv, b.env(b.fresh_db(name)), b.work, name="psql -f stream")[0])
+        return runs
     finally:
         b.drop_db(name)
         stream.unlink()
@@ -294,7 +305,10 @@ def bench_verify(b: Bench, scale: int, set_dir: Path, prefix: str, seed: float) 
         return [Row(scale, "verify", "s", None, allowance, "seed psql + 3 s", max_ratio=0.85,
                     note="skipped: pgvault verify not available")]  # fmt: skip
     args = ["verify", f"dir={set_dir}", f"prefix={prefix}", "quiet=true"]
-    runs = [run_pgvault(args, b.env("postgres"), b.work).seconds for _ in range(b.repeat)]
+    runs = []
+    for _ in range(b.repeat):
+        b.settle()
+        runs.append(run_pgvault(args, b.env("postgres"), b.work).seconds)
     return [Row(scale, "verify", "s", median(runs), allowance, "seed psql + 3 s", max_ratio=0.85,
                 runs=tuple(runs))]  # fmt: skip
 
