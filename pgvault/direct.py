@@ -117,7 +117,6 @@ def dump_to_file(
     trailer after it. The sha256 and size are those of the bytes read back from dest. On
     failure the program is killed, dest removed, and the error raised: an OSError when
     the program could not write."""
-    fd = store.create_new(dest, readable=True)
     digest, size = hashlib.sha256(), 0
     # One buffer for every read: no allocation per chunk. Observers see it only for the
     # time of their feed() (CopyStats copies what it keeps).
@@ -130,7 +129,7 @@ def dump_to_file(
         digest.update(chunk)
         size += len(chunk)
 
-    try:
+    with store.new_file(dest, readable=True) as fd:
         with stages() as running:
             stage = Stage(argv, env, stdout=fd)
             running.append(stage)
@@ -163,11 +162,4 @@ def dump_to_file(
                 written = os.pwrite(fd, view, at)
                 view, at = view[written:], at + written
             take(trailer)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            dest.unlink()
-        raise
-    os.close(fd)
     return FileStats(digest.hexdigest(), size, (0,))

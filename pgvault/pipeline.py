@@ -189,44 +189,35 @@ def stream_to_file(
     trailer last. The sha256 and size are of the bytes written to dest. On failure every
     stage is killed, dest removed, and the error raised.
     """
-    fd = store.create_new(dest)
-    try:
-        with stages() as running:
-            comp = None
-            if compressor is not None:
-                comp = Stage(compressor, env, stdin=PIPE)
-                running.append(comp)
-            sink = _Sink(fd, observers, comp, recipients)
-            try:
-                total = 0
-                offsets = []
-                if prologue:
-                    sink.write(prologue)
-                for argv in sources:
-                    offsets.append(sink.accepted)
-                    source = Stage(argv, env)
-                    running.append(source)
-                    assert source.proc.stdout is not None
-                    while chunk := source.proc.stdout.read(CHUNK):
-                        total += len(chunk)
-                        sink.write(transform(chunk) if transform is not None else chunk)
-                        if progress is not None:
-                            progress(total)
-                    source.check()
-                tail = (transform(b"") if transform is not None else b"") + trailer
-                if tail:
-                    sink.write(tail)
-                sink.finish()
-            except BaseException:
-                sink.abort()
-                raise
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            dest.unlink()
-        raise
-    os.close(fd)
+    with store.new_file(dest) as fd, stages() as running:
+        comp = None
+        if compressor is not None:
+            comp = Stage(compressor, env, stdin=PIPE)
+            running.append(comp)
+        sink = _Sink(fd, observers, comp, recipients)
+        try:
+            total = 0
+            offsets = []
+            if prologue:
+                sink.write(prologue)
+            for argv in sources:
+                offsets.append(sink.accepted)
+                source = Stage(argv, env)
+                running.append(source)
+                assert source.proc.stdout is not None
+                while chunk := source.proc.stdout.read(CHUNK):
+                    total += len(chunk)
+                    sink.write(transform(chunk) if transform is not None else chunk)
+                    if progress is not None:
+                        progress(total)
+                source.check()
+            tail = (transform(b"") if transform is not None else b"") + trailer
+            if tail:
+                sink.write(tail)
+            sink.finish()
+        except BaseException:
+            sink.abort()
+            raise
     return FileStats(sink.digest, sink.written, tuple(offsets))
 
 

@@ -106,6 +106,22 @@ def create_new(path: Path, *, readable: bool = False) -> int:
     return os.open(path, mode | os.O_CREAT | os.O_EXCL | _NEVER_FOLLOW, 0o600)
 
 
+@contextlib.contextmanager
+def new_file(path: Path, *, readable: bool = False) -> Iterator[int]:
+    """create_new(path) for the block, then fsync'ed and closed; when the block fails,
+    closed and removed (a half-written file never stays)."""
+    fd = create_new(path, readable=readable)
+    try:
+        yield fd
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
 def open_regular(path: Path) -> BinaryIO:
     """Open a set's file for reading: never through a symlink, and only a regular file
     (a fifo planted there would block the read forever)."""
