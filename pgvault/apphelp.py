@@ -9,6 +9,7 @@ template that asks for anything else than $APP_CONFIG_GROUPS is left to Hydra.
 
 from __future__ import annotations
 
+import os
 import string
 from pathlib import Path
 
@@ -19,13 +20,14 @@ def app_groups(search_dirs: list[Path]) -> str:
     groups as a/b), Hydra's own groups (hydra/...) left out."""
     groups: dict[str, set[str]] = {}
     for root in search_dirs:
-        if not root.is_dir():
-            continue
-        for path in root.rglob("*.yaml"):
-            group = path.parent.relative_to(root).as_posix()
+        # Into symlinked folders too, as Hydra's file source goes.
+        for folder, _, files in os.walk(root, followlinks=True):
+            group = Path(folder).relative_to(root).as_posix()
             if group == "." or group == "hydra" or group.startswith("hydra/"):
                 continue
-            groups.setdefault(group, set()).add(path.stem)
+            names = {f.removesuffix(".yaml") for f in files if f.endswith(".yaml")}
+            if names:
+                groups.setdefault(group, set()).update(names)
     return "".join(f"{g}: {', '.join(sorted(groups[g]))}\n" for g in sorted(groups))
 
 

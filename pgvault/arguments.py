@@ -311,8 +311,11 @@ def what_it_takes(spec: Spec, key: str) -> str:
         if s is not spec and (key in option_names(s) or (known and takes(s, key)))
     ]
     lead = f"{key} is an option of {' and '.join(owners)}; " if owners else ""
-    # An option named like a common key is only reached in full (restore.target).
-    options = ", ".join(n if n not in COMMON else f"{spec.options}.{n}" for n in option_names(spec))
+    # An option named like a common key, or like a node the command also reads (list's
+    # remote=true and the remote node), is only reached in full (restore.target).
+    options = ", ".join(
+        f"{spec.options}.{n}" if n in COMMON or n in spec.takes else n for n in option_names(spec)
+    )
     others = ", ".join(k for k in spec.takes)
     return (
         f"{lead}{spec.name} takes {options}"

@@ -12,6 +12,7 @@ masked, and passwords in overrides are replaced by interpolations (pgvault.maski
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -19,7 +20,7 @@ import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -149,12 +150,8 @@ def _main(args: list[str]) -> None:
         os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
             if any(a in ("-m", "--multirun") for a in call.flags):
-                # Hydra saves the composed config as multirun.yaml in the sweep dir, with
-                # any password of a config file: a private dir, removed afterwards, whose
-                # multirun.yaml is /dev/null, so not even a kill -9 leaves it behind.
-                with tempfile.TemporaryDirectory(prefix="pgvault-multirun-") as sweep:
-                    os.symlink(os.devnull, os.path.join(sweep, "multirun.yaml"))
-                    _run_hydra(config_dir, [*call.flags, *overrides, f"hydra.sweep.dir={sweep}"])
+                with private_sweep() as sweep:
+                    _run_hydra(config_dir, [*call.flags, *overrides, sweep])
             else:
                 _run_hydra(config_dir, [*call.flags, *overrides])
         finally:
@@ -301,35 +298,76 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
         except PgvaultError as e:
             failures.append(e)
 
-    if any(a.startswith("-") for a in args):  # Hydra's flags: its own command line
+    # Hydra's flags, a config that makes runs sweeps, or one that does not compose: all
+    # as @hydra.main does it, with its own command line and its own error.
+    outcome = "flags" if any(a.startswith("-") for a in args) else None
+    outcome = outcome or _run_once(config_dir, args, app.__wrapped__)
+    if outcome != "ran":
         saved = sys.argv
-        sys.argv = [saved[0] if saved else "pgvault", *args]
-        try:
-            app()
-        finally:
-            sys.argv = saved
-    else:
-        _run_once(config_dir, args, app.__wrapped__)
+        with contextlib.ExitStack() as stack:
+            # hydra.mode=MULTIRUN from a config sweeps as -m does: in a private sweep dir.
+            sweep = [stack.enter_context(private_sweep())] if outcome == "multirun" else []
+            sys.argv = [saved[0] if saved else "pgvault", *args, *sweep]
+            try:
+                app()
+            finally:
+                sys.argv = saved
     for e in failures[:-1]:
         _error(e.line())
     if failures:
         raise failures[-1]
 
 
-def _run_once(config_dir: str, overrides: list[str], task: Callable[[Any], None]) -> None:
-    """What @hydra.main does for a plain run, less its first composition of the config:
-    that one only reads hydra.mode, which a plain run of pgvault never sets, and costs as
-    much as the second (about 70 ms of every command)."""
+@contextlib.contextmanager
+def private_sweep() -> Iterator[str]:
+    """The hydra.sweep.dir override for a multirun. Hydra saves the composed config as
+    multirun.yaml in the sweep dir, with any password of a config file: a private dir,
+    removed afterwards, whose multirun.yaml is /dev/null, so not even a kill -9 leaves it
+    behind."""
+    with tempfile.TemporaryDirectory(prefix="pgvault-multirun-") as sweep:
+        os.symlink(os.devnull, os.path.join(sweep, "multirun.yaml"))
+        yield f"hydra.sweep.dir={sweep}"
+
+
+def _run_once(config_dir: str, overrides: list[str], task: Callable[[Any], None]) -> str:
+    """What @hydra.main does for a plain run (Hydra.run), less its first composition of
+    the config: that one only reads hydra.mode, and costs as much as the second (about
+    70 ms of every command). "ran"; or, having run nothing, "multirun" when the config
+    sets hydra.mode=MULTIRUN and "failed" when it does not compose: @hydra.main then does
+    it all as before."""
+    from hydra._internal.callbacks import Callbacks
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_automatic_config_search_path, detect_task_name
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext, RunMode
 
     search_path = create_automatic_config_search_path(None, None, config_dir)
     hydra = Hydra.create_main_hydra2(
         task_name=detect_task_name(__file__, None), config_search_path=search_path
     )
     try:
-        hydra.run(config_name="config", task_function=task, overrides=overrides)
+        try:
+            cfg = hydra.compose_config(
+                config_name="config", overrides=overrides, run_mode=RunMode.RUN,
+                with_log_configuration=True,
+            )  # fmt: skip
+        except Exception:  # e.g. sweep values (dir=a,b) that only a multirun reads
+            mode = hydra.get_mode(config_name="config", overrides=overrides)
+            return "multirun" if mode == RunMode.MULTIRUN else "failed"
+        if cfg.hydra.mode == RunMode.MULTIRUN:
+            return "multirun"
+        cfg.hydra.mode = RunMode.RUN
+        callbacks = Callbacks(cfg)
+        callbacks.on_run_start(config=cfg, config_name="config")
+        ret = run_job(
+            hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+            task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
+            configure_logging=True,
+        )  # fmt: skip
+        callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+        _ = ret.return_value  # re-raises what the task raised
+        return "ran"
     finally:
         GlobalHydra.instance().clear()
 

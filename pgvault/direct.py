@@ -31,8 +31,9 @@ from pgvault.pipeline import CHUNK, FileStats, Observer
 
 # How long the reader waits for the program to write more, once it has caught up.
 _POLL_SECONDS = 0.01
-# What a program that could not write its output says (libc's words, in its message).
+# Why a file cannot grow: what a program that failed to write it ran into.
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)
+_PROBE = 64 << 10
 
 
 class Tether:
@@ -57,11 +58,13 @@ class Tether:
             os.close(read_end)
 
     def disarm(self) -> None:
-        if self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGKILL)
-        self._proc.wait()
-        os.close(self._write_end)
+        try:
+            if self._proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait()
+        finally:  # interrupted half-way, it fires now, while pid is not yet reaped
+            os.close(self._write_end)
 
 
 def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
@@ -75,14 +78,17 @@ def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
 def _exit_waiter(proc: subprocess.Popen[bytes]) -> Iterator[Callable[[], None]]:
     """A wait for more output: until proc exits or _POLL_SECONDS pass. With a pidfd
     (Linux) the exit ends it at once, so a short dump costs no idle polling."""
-    try:
+    pidfd = None
+    with contextlib.suppress(AttributeError, OSError):
         pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
+    if pidfd is None:
         yield lambda: time.sleep(_POLL_SECONDS)
         return
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
 
     def wait() -> None:
-        select.select([pidfd], [], [], _POLL_SECONDS)
+        poller.poll(_POLL_SECONDS * 1000)
 
     try:
         yield wait
@@ -90,16 +96,21 @@ def _exit_waiter(proc: subprocess.Popen[bytes]) -> Iterator[Callable[[], None]]:
         os.close(pidfd)
 
 
-def write_failure(e: ClientProgramError, returncode: int | None, dest: Path) -> OSError | None:
-    """The write error behind a program's failure, as the OSError pgvault would have met
-    writing dest itself; None when it failed for another reason."""
+def write_failure(returncode: int | None, fd: int, dest: Path) -> OSError | None:
+    """The write error behind a program's failure to write into fd (the file dest), as
+    the OSError pgvault would have met writing it itself; None when it failed for another
+    reason. Asked of the file system, not read from the program's message, whose words
+    depend on its version and language: _PROBE more bytes must fit at the end of the file
+    (more than the slack in its last block, so a full disk cannot pass)."""
     if returncode == -signal.SIGXFSZ:  # the file size limit: the program never saw EFBIG
         return OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(dest))
-    if "output file" not in e.what:  # pg_dump: "could not write to output file: %m"
-        return None
-    for number in _WRITE_ERRNOS:
-        if os.strerror(number) in e.what:
-            return OSError(number, os.strerror(number), str(dest))
+    try:
+        size = os.fstat(fd).st_size
+        os.posix_fallocate(fd, size, _PROBE)
+        os.ftruncate(fd, size)
+    except OSError as e:
+        if e.errno in _WRITE_ERRNOS:
+            return OSError(e.errno, os.strerror(e.errno), str(dest))
     return None
 
 
@@ -151,8 +162,8 @@ def dump_to_file(
                 tether.disarm()
             try:
                 stage.check()
-            except ClientProgramError as e:
-                failed = write_failure(e, stage.proc.returncode, dest)
+            except ClientProgramError:
+                failed = write_failure(stage.proc.returncode, fd, dest)
                 if failed is None:
                     raise
                 raise failed from None

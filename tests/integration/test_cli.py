@@ -148,6 +148,26 @@ def test_multirun_runs_every_job_and_litters_nothing(pg_cluster, tmp_path):
         assert not p.is_file() or PASSWORD.encode() not in p.read_bytes(), p
 
 
+def test_a_config_that_makes_runs_sweeps_sweeps_and_litters_nothing(tmp_path):
+    """hydra.mode=MULTIRUN in a user's config.yaml turns a plain run into a sweep, as
+    with @hydra.main; its multirun.yaml stays out of TMPDIR as with --multirun."""
+    conf = tmp_path / "cwd" / "conf"
+    conf.mkdir(parents=True)
+    packaged = (ROOT / "conf" / "config.yaml").read_text()
+    (conf / "config.yaml").write_text(packaged.replace("hydra:\n", "hydra:\n  mode: MULTIRUN\n", 1))
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    res = run_pgvault(
+        "list", f"dir={tmp_path}/a,{tmp_path}/b", env=pgvault_env(TMPDIR=str(tmp_path)),
+        cwd=tmp_path / "cwd",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"No backups found in {tmp_path}/a." in res.stdout, res.stdout
+    assert f"No backups found in {tmp_path}/b." in res.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "cwd"]
+    assert sorted(p.name for p in (tmp_path / "cwd").iterdir()) == ["conf"]
+
+
 def test_a_non_editable_install_finds_its_configs(tmp_path):
     """pip install (not editable) into a target dir, then run it away from the source."""
     target = tmp_path / "site"

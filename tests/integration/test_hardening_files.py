@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pgvault import embedded
 from pgvault.connection import Conn
 from tests.conftest import (
     create_database,
@@ -159,6 +160,23 @@ def test_a_full_disk_says_no_space_whatever_the_compression(
         line = one_line_error(res)
         assert f"cannot write the backup into {d}: No space left on device" in line, line
         assert "killed by signal" not in line
+        assert sorted(p.name for p in d.iterdir()) == kept
+        assert (d / f"{prefix}-manifest.json").exists()
+
+
+def test_a_full_disk_is_no_space_in_any_pg_dump_words(big_db, small_db, tmp_path):
+    """pg_dump writes a plain data file itself, and each version words a failed write its
+    own way (18: "could not write to file"; 15: "... to output file"; translated in other
+    languages): what is reported is still the write error, here with pg_dump 18."""
+    if embedded.bindir() is None:
+        pytest.skip("pgvault[embedded] is not installed (no wheel for this platform?)")
+    with tmpfs(tmp_path / "small", "size=3m,mode=0700") as d:
+        prefix = backup(small_db, d, NO_SPACE_CHECK)
+        kept = sorted(p.name for p in d.iterdir())
+        res = run_pgvault("backup", f"dir={d}", "clients.bindir=embedded", NO_SPACE_CHECK,
+                          env=pgvault_env(big_db))  # fmt: skip
+        line = one_line_error(res)
+        assert f"cannot write the backup into {d}: No space left on device" in line, line
         assert sorted(p.name for p in d.iterdir()) == kept
         assert (d / f"{prefix}-manifest.json").exists()
 

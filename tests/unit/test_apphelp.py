@@ -82,8 +82,14 @@ def test_a_template_that_needs_hydra_is_left_to_hydra(tmp_path, monkeypatch, cap
 
 
 def test_render_fills_only_the_groups(tmp_path: Path):
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    (tmp_path / "a" / "one.yaml").write_text("{}")
-    (tmp_path / "a" / "b" / "two.yaml").write_text("{}")
-    (tmp_path / "top.yaml").write_text("{}")
-    assert apphelp.render("$$HOME\n$APP_CONFIG_GROUPS", [tmp_path]) == "$HOME\na: one\na/b: two\n"
+    conf, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    (conf / "a" / "b").mkdir(parents=True)
+    (conf / "a" / "one.yaml").write_text("{}")
+    (conf / "a" / "b" / "two.yaml").write_text("{}")
+    (conf / "top.yaml").write_text("{}")
+    (conf / "a" / "notes.txt").write_text("not a config")
+    elsewhere.mkdir()
+    (elsewhere / "three.yaml").write_text("{}")
+    (conf / "linked").symlink_to(elsewhere)  # Hydra follows a symlinked group folder
+    text = apphelp.render("$$HOME\n$APP_CONFIG_GROUPS", [conf])
+    assert text == "$HOME\na: one\na/b: two\nlinked: three\n"
