@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import string
 from pathlib import Path
+from typing import Any
 
 
 def app_groups(search_dirs: list[Path]) -> str:
@@ -57,30 +58,17 @@ def show_packaged(conf_dir: Path) -> bool:
     return True
 
 
-def show(config_dir: str, overrides: list[str]) -> bool:
-    """Print the app's help for these overrides; False when Hydra must render it."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_automatic_config_search_path, detect_task_name
-    from hydra.core.global_hydra import GlobalHydra
+def show(hydra: Any, config_dir: str, overrides: list[str]) -> bool:
+    """Print the app's help for these overrides, composed by hydra (cli.hydra_for);
+    False when Hydra must render it."""
     from hydra.types import RunMode
 
-    from pgvault import config, masking
-
-    config.register()
-    masking.register_resolver()
-    search_path = create_automatic_config_search_path(None, None, config_dir)
-    hydra = Hydra.create_main_hydra2(
-        task_name=detect_task_name(__file__, None), config_search_path=search_path
-    )
-    try:
-        cfg = hydra.compose_config(config_name="config", overrides=overrides, run_mode=RunMode.RUN)
-        extra = [str(p) for p in cfg.hydra.searchpath]
-        if any(not p.startswith("file://") for p in extra):  # pkg://: Hydra knows best
-            return False
-        dirs = [Path(config_dir), *(Path(p.removeprefix("file://")) for p in extra)]
-        text = render(str(cfg.hydra.help.template), dirs)
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = hydra.compose_config(config_name="config", overrides=overrides, run_mode=RunMode.RUN)
+    extra = [str(p) for p in cfg.hydra.searchpath]
+    if any(not p.startswith("file://") for p in extra):  # pkg://: Hydra knows best
+        return False
+    dirs = [Path(config_dir), *(Path(p.removeprefix("file://")) for p in extra)]
+    text = render(str(cfg.hydra.help.template), dirs)
     if text is None:
         return False
     print(text)

@@ -143,7 +143,9 @@ def _main(args: list[str]) -> None:
         if any(a in ("--help", "-h") for a in call.flags) and len(call.flags) == 1:
             from pgvault import apphelp
 
-            if apphelp.show(config_dir, overrides):
+            with hydra_for(config_dir) as hydra:
+                shown = apphelp.show(hydra, config_dir, overrides)
+            if shown:
                 return
         # Set for Hydra only: an embedding process (or a test) keeps its own setting.
         saved = os.environ.get("HYDRA_FULL_ERROR")
@@ -336,17 +338,10 @@ def _run_once(config_dir: str, overrides: list[str], task: Callable[[Any], None]
     sets hydra.mode=MULTIRUN and "failed" when it does not compose: @hydra.main then does
     it all as before."""
     from hydra._internal.callbacks import Callbacks
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_automatic_config_search_path, detect_task_name
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.utils import run_job
     from hydra.types import HydraContext, RunMode
 
-    search_path = create_automatic_config_search_path(None, None, config_dir)
-    hydra = Hydra.create_main_hydra2(
-        task_name=detect_task_name(__file__, None), config_search_path=search_path
-    )
-    try:
+    with hydra_for(config_dir) as hydra:
         try:
             cfg = hydra.compose_config(
                 config_name="config", overrides=overrides, run_mode=RunMode.RUN,
@@ -368,6 +363,26 @@ def _run_once(config_dir: str, overrides: list[str], task: Callable[[Any], None]
         callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
         _ = ret.return_value  # re-raises what the task raised
         return "ran"
+
+
+@contextlib.contextmanager
+def hydra_for(config_dir: str) -> Iterator[Any]:
+    """Hydra's own object for pgvault's configs, as @hydra.main makes it (the schema and
+    the password resolver registered), cleared afterwards so @hydra.main can follow."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path, detect_task_name
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pgvault import config
+
+    config.register()
+    masking.register_resolver()
+    search_path = create_automatic_config_search_path(None, None, config_dir)
+    hydra = Hydra.create_main_hydra2(
+        task_name=detect_task_name(__file__, None), config_search_path=search_path
+    )
+    try:
+        yield hydra
     finally:
         GlobalHydra.instance().clear()
 

@@ -123,11 +123,10 @@ def dump_to_file(
     progress: Callable[[int], None] | None = None,
     trailer: bytes = b"",
 ) -> FileStats:
-    """Run argv with its stdout going into a new file dest (created as
-    pipeline.stream_to_file creates it), feeding the observers every byte it writes, then
-    trailer after it. The sha256 and size are those of the bytes read back from dest. On
-    failure the program is killed, dest removed, and the error raised: an OSError when
-    the program could not write."""
+    """Run argv with its stdout going into a new file dest (store.new_file), feeding
+    the observers every byte it writes, then trailer after it. The sha256 and size are
+    those of the bytes read back from dest. On failure the program is killed, dest
+    removed, and the error raised: an OSError when the program could not write."""
     digest, size = hashlib.sha256(), 0
     # One buffer for every read: no allocation per chunk. Observers see it only for the
     # time of their feed() (CopyStats copies what it keeps).
