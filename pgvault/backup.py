@@ -31,6 +31,7 @@ from pgvault import (
     retention,
     sources,
     space,
+    unfinished,
 )
 from pgvault.config import PgvaultConfig
 from pgvault.connection import Conn, conn_for_target, connect, needs_ssl
@@ -164,6 +165,7 @@ def take_backup(
         directory = catalog.backup_dir(cfg.dir, create=True)
         with catalog.locked(directory, timeout=cfg.lock_timeout, what="backup"):
             remove_stale_partials(directory)
+            unfinished.clear(directory)
             if existed:  # after a killed run's leftovers are gone: they are free space
                 check_room(directory)
             try:
@@ -220,6 +222,7 @@ def _write_set(
         directory, sources.at(conn.where, conn.dbname, socket.gethostname()), pg
     )
     try:
+        unfinished.begin(directory, prefix)
         snapshot, facts, stats, tables = _dump(
             ui, pg, conn, programs, partial, compressor, profile, estimate,
             cfg.backup.table_lock_timeout, recipients,
@@ -266,11 +269,13 @@ def _write_set(
         })  # fmt: skip
         path = directory / naming.file_name(prefix, "manifest")
         catalog.write_json_atomic(path, manifest.to_json())
+        unfinished.end(directory)
     except BaseException as e:
         # Without its manifest the set is incomplete anyway; remove it so it cannot mislead.
         for p in (*final.values(), *partial.values()):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+        unfinished.end(directory)
         if isinstance(e, OSError):
             raise _write_error(e, directory) from None
         raise

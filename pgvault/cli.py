@@ -152,8 +152,8 @@ def _main(args: list[str]) -> None:
         os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
             if any(a in ("-m", "--multirun") for a in call.flags):
-                with private_sweep() as sweep:
-                    _run_hydra(config_dir, [*call.flags, *overrides, sweep])
+                swept = [*call.flags, *overrides]
+                _run_sweep(config_dir, swept, lambda a: _run_hydra(config_dir, a))
             else:
                 _run_hydra(config_dir, [*call.flags, *overrides])
         finally:
@@ -284,9 +284,16 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
     @hydra.main(version_base="1.3", config_path=config_dir, config_name="config")
     def app(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
         from omegaconf.errors import OmegaConfBaseException
 
-        choices = HydraConfig.get().runtime.choices
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:  # each job in a process of its own: pgvault.sweep
+            from pgvault import sweep
+
+            sweep.run_job(cfg, tuple(hc.overrides.task), str(hc.sweep.dir), int(hc.job.num))
+            return
+        choices = hc.runtime.choices
         try:
             typed = config.to_typed(cfg)
         except OmegaConfBaseException as e:  # a value only resolving it shows wrong
@@ -305,30 +312,49 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
     outcome = "flags" if any(a.startswith("-") for a in args) else None
     outcome = outcome or _run_once(config_dir, args, app.__wrapped__)
     if outcome != "ran":
-        saved = sys.argv
-        with contextlib.ExitStack() as stack:
-            # hydra.mode=MULTIRUN from a config sweeps as -m does: in a private sweep dir.
-            sweep = [stack.enter_context(private_sweep())] if outcome == "multirun" else []
-            sys.argv = [saved[0] if saved else "pgvault", *args, *sweep]
+
+        def hydra_main(argv: list[str]) -> None:
+            saved = sys.argv
+            sys.argv = [saved[0] if saved else "pgvault", *argv]
             try:
                 app()
             finally:
                 sys.argv = saved
+
+        if outcome == "multirun" and not any(a.startswith("hydra.sweep.dir=") for a in args):
+            # hydra.mode=MULTIRUN from a config sweeps as -m does.
+            _run_sweep(config_dir, args, hydra_main)
+        else:
+            hydra_main(args)
     for e in failures[:-1]:
         _error(e.line())
     if failures:
         raise failures[-1]
 
 
+def _run_sweep(config_dir: str, args: list[str], run: Callable[[list[str]], None]) -> None:
+    """Run a multirun in a private sweep dir, then print its summary (pgvault.sweep);
+    raises naming every job that failed."""
+    from pgvault import sweep
+
+    with private_sweep() as sweep_dir, sweep.sweeping(sweep_dir, args):
+        stopped: Exception | None = None
+        try:
+            run([*args, f"hydra.sweep.dir={sweep_dir}"])
+        except Exception as e:  # the launcher's own failure: the jobs that ended still count
+            stopped = e
+        sweep.summarize(sweep_dir, stopped)
+
+
 @contextlib.contextmanager
 def private_sweep() -> Iterator[str]:
-    """The hydra.sweep.dir override for a multirun. Hydra saves the composed config as
+    """The hydra.sweep.dir of a multirun. Hydra saves the composed config as
     multirun.yaml in the sweep dir, with any password of a config file: a private dir,
     removed afterwards, whose multirun.yaml is /dev/null, so not even a kill -9 leaves it
-    behind."""
+    behind. The jobs' outcomes are written there too."""
     with tempfile.TemporaryDirectory(prefix="pgvault-multirun-") as sweep:
         os.symlink(os.devnull, os.path.join(sweep, "multirun.yaml"))
-        yield f"hydra.sweep.dir={sweep}"
+        yield sweep
 
 
 def _run_once(config_dir: str, overrides: list[str], task: Callable[[Any], None]) -> str:

@@ -101,6 +101,9 @@ class RemoteConfig:
     upload: bool = True
     # Seconds one request may take before it is retried, then given up.
     timeout: float = 60.0
+    # Seconds a run's lease on the remote lasts unless renewed (every third of it): how
+    # long a run that died on another machine blocks the remote's other writers.
+    lease_ttl: float = 900.0
     retention: RemoteRetentionConfig = field(default_factory=RemoteRetentionConfig)
 
 
@@ -280,6 +283,15 @@ class ClientsConfig:
 
 
 @dataclass
+class SweepConfig:
+    """A multirun (--multirun target=a,b,c): each job's time limit, and the summary's form."""
+
+    # A job still running after this long (90s, 30m, 2h) is ended and reported; null: no limit.
+    timeout: str | None = None
+    format: OutputFormat = OutputFormat.text
+
+
+@dataclass
 class PgvaultConfig:
     """Keys every command takes, then one node per command (its options)."""
 
@@ -309,6 +321,7 @@ class PgvaultConfig:
     log: LogConfig = field(default_factory=LogConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register() -> None:
@@ -346,6 +359,7 @@ def validate(cfg: PgvaultConfig) -> None:
     }
     waits["hooks.timeout"] = (cfg.hooks.timeout, 1.0)
     waits["remote.timeout"] = (cfg.remote.timeout, 1.0)
+    waits["remote.lease_ttl"] = (cfg.remote.lease_ttl, 30.0)
     for key, (seconds, least) in waits.items():
         # Written so that nan fails too: every comparison with it is false.
         if not least <= seconds <= MAX_WAIT:
@@ -367,6 +381,8 @@ def _validate_operations(cfg: PgvaultConfig) -> None:
             units.parse_duration(value, f"monitor.{key}")
     if m.min_free is not None:
         units.parse_size(m.min_free, "monitor.min_free")
+    if cfg.sweep.timeout is not None:
+        units.parse_duration(cfg.sweep.timeout, "sweep.timeout")
     from pgvault import notify
 
     notify.check(cfg)

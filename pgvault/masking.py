@@ -37,6 +37,7 @@ _KEYWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\\n]|\\.)*(?:'|$)|\S+)", re.I 
 _YAML = re.compile(r"^(\s*[\w.-]*password:\s*)(\S.*)$", re.MULTILINE | re.IGNORECASE)
 _NEXT_KEYWORD = re.compile(r"\s+\w+\s*=|$")
 _SLOT = re.compile(r"\$\{" + RESOLVER + r":\d+\}")
+_SLOT_NUM = re.compile(r"\$\{" + RESOLVER + r":(\d+)\}")
 _PORTS = re.compile(r"\d*(?:,[^,/?\s]*)*")  # a port, or the first of host:port,host:port
 
 
@@ -125,6 +126,26 @@ def slot(secret: str, public: str = "") -> str:
     remember(secret, public)
     _slots.append(secret)
     return f"${{{RESOLVER}:{len(_slots) - 1}}}"
+
+
+def slots() -> list[str]:
+    """The secrets slot() holds, in order (for a sweep's workers: pgvault.sweep)."""
+    return list(_slots)
+
+
+def adopt(secrets: list[str]) -> None:
+    """Take another process's slots (a launcher's worker, whose jobs' configs refer to
+    them), unless this process has its own; mask them all."""
+    if not _slots:
+        _slots.extend(secrets)
+    for secret in secrets:
+        remember(secret)
+    register_resolver()
+
+
+def unslot(text: str, secrets: list[str]) -> str:
+    """text with each slot() interpolation replaced by its secret again."""
+    return _SLOT_NUM.sub(lambda m: secrets[int(m.group(1))], text)
 
 
 def register_resolver() -> None:

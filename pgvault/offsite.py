@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pgvault import catalog, masking, naming, remote, retention, runstate
+from pgvault import catalog, lease, masking, naming, remote, retention, runstate
 from pgvault import offsite_upload as sending
 from pgvault.catalog import BackupSet
 from pgvault.config import PgvaultConfig, RemoteRetentionConfig, RetentionConfig
@@ -129,7 +129,8 @@ def push(
             _run(cfg, ui, rem, directory, cache, policy, now, result)
         return result
     try:
-        with _cache() as cache:
+        # Held already when a backup uploads its set: renewed for the upload then.
+        with lease.held(rem, ttl=cfg.remote.lease_ttl, what="push"), _cache() as cache:
             _run(cfg, ui, rem, directory, cache, policy, now, result)
         if result.failed:
             raise _failure(result.failed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import stat
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from pgvault import catalog, naming, retention
+from pgvault import catalog, lease, naming, retention
 from pgvault.catalog import BackupSet
 from pgvault.config import RemoteConfig
 from pgvault.errors import ConfigError, IntegrityError, PgvaultError
@@ -77,6 +78,13 @@ class Remote(Protocol):
     def chunks(self, name: str) -> Iterator[bytes]:
         """name's bytes, streamed in pieces of about a megabyte (`list check=true`)."""
         ...
+
+    # The lease (pgvault.lease): one writer at a time.
+    def lease_read(self) -> tuple[bytes, str] | None: ...
+
+    def lease_write(self, data: bytes, tag: str | None) -> bool: ...
+
+    def lease_delete(self) -> None: ...
 
 
 def open_remote(cfg: RemoteConfig) -> Remote:
@@ -323,6 +331,58 @@ class FileRemote:
 
     def download(self, name: str, dest: Path) -> None:
         write_new(dest, self.chunks(name))
+
+    def lease_read(self) -> tuple[bytes, str] | None:
+        try:
+            with open_regular(self.directory / lease.NAME) as f:
+                data = f.read(65536)
+                st = os.fstat(f.fileno())
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._fail("cannot read the lease of", e) from None
+        return data, f"{st.st_ino}:{st.st_mtime_ns}:{hashlib.sha256(data).hexdigest()}"
+
+    def lease_write(self, data: bytes, tag: str | None) -> bool:
+        """A new lease: O_EXCL. Over an expired one: under flock on the file read, which
+        must still be the one at the name, and still hold what was read."""
+        self._present()
+        path = self.directory / lease.NAME
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            if tag is None:
+                try:
+                    fd = os.open(path, flags, 0o600)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    os.fsync(f.fileno())
+                return True
+            tmp = path.with_name(f"{lease.NAME}.{os.getpid()}{naming.PARTIAL_SUFFIX}")
+            with contextlib.ExitStack() as stack:
+                try:
+                    old = stack.enter_context(open_regular(path))
+                except FileNotFoundError:
+                    return False
+                fcntl.flock(old.fileno(), fcntl.LOCK_EX)
+                st = os.fstat(old.fileno())
+                now = self.lease_read()
+                if now is None or now[1] != tag or os.stat(path).st_ino != st.st_ino:
+                    return False
+                with os.fdopen(os.open(tmp, flags, 0o600), "wb") as out:
+                    out.write(data)
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+            return True
+        except OSError as e:
+            raise self._fail("cannot write the lease of", e) from None
+        finally:
+            self._sync(lease.NAME)
+
+    def lease_delete(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / lease.NAME).unlink()
 
     def delete(self, name: str) -> None:
         check_name(name)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgvault import s3
+from pgvault import lease, s3
 from pgvault.config import RemoteConfig
 from pgvault.errors import ConfigError
 from pgvault.remote import (
@@ -249,6 +249,41 @@ class S3Remote:
 
     def download(self, name: str, dest: Path) -> None:
         write_new(dest, self.chunks(name))
+
+    def lease_read(self) -> tuple[bytes, str] | None:
+        import botocore.exceptions
+
+        with self._errors(f"reading the lease of {self.url}"):
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=self.prefix + lease.NAME)
+            except botocore.exceptions.ClientError as e:
+                if str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
+                    return None
+                raise
+            return bytes(answer["Body"].read(65536)), str(answer["ETag"])
+
+    def lease_write(self, data: bytes, tag: str | None) -> bool:
+        """A conditional PUT: If-None-Match: * for a new lease, If-Match: ETag over one."""
+        import botocore.exceptions
+
+        condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+        with self._errors(f"writing the lease of {self.url}"):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self.prefix + lease.NAME, Body=data, **condition
+                )
+            except botocore.exceptions.ClientError as e:
+                code = str(e.response.get("Error", {}).get("Code"))
+                # 412: the condition failed; 409: a concurrent conditional write won.
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409",
+                            "NoSuchKey", "404"):  # fmt: skip
+                    return False
+                raise
+        return True
+
+    def lease_delete(self) -> None:
+        with self._errors(f"giving back the lease of {self.url}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + lease.NAME)
 
     def delete(self, name: str) -> None:
         check_name(name)

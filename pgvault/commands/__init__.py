@@ -14,13 +14,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pgvault import hooks
+from pgvault import hooks, sweep
 from pgvault.config import PgvaultConfig, validate
 from pgvault.errors import ConfigError, PgvaultError, VerifyMismatch
 from pgvault.ui import Reporter
 
 # Keys every command takes (`env` is the config group of per-environment overlays).
-COMMON = ("dir", "target", "clients", "quiet", "env")
+COMMON = ("dir", "target", "clients", "quiet", "env", "sweep")
 # What runs around a command that changes something: hook commands, pings and Apprise,
 # metrics, the log file (pgvault.operations).
 OPS = ("hooks", "notify", "metrics", "log")
@@ -117,6 +117,8 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context | None = None) -> Outcome
 
     def tell(event: hooks.Event, what: hooks.Run) -> None:
         hooks.call(event, what, ui.warn, extra=observers)
+        if event is not hooks.Event.start:
+            sweep.record(what)  # a sweep's job reads it (only in a sweep's child)
 
     started = time.monotonic()
     info = hooks.Run(name, cfg.target.name, ctx.env, cfg.dir, started_at=time.time())

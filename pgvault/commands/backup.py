@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 from pgvault import naming
@@ -23,16 +24,26 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
         if upload:  # a bad remote.url or policy is refused before the backup starts
             remote.open_remote(cfg.remote)
             offsite.remote_policy(cfg)
-    result = take_backup(cfg, ui, env_name=ctx.env, clock=ctx.clock)
-    report(ui, result)
-    verified = None
-    if cfg.backup.verify:  # a mismatch raises VerifyMismatch: the run ends verified=False
-        from pgvault.commands import verify
+    with contextlib.ExitStack() as stack:
+        if upload:  # one writer at a time on the remote, whichever machine it runs on
+            from pgvault import lease
+            from pgvault.s3 import RemoteError
 
-        one = replace(cfg.verify, prefix=str(result.directory / result.prefix), all=False)
-        verified = verify.run(replace(cfg, verify=one), ui, ctx).verified
-    if upload:
-        upload_sets(cfg, ui, ctx, result)
+            where = remote.open_remote(cfg.remote)
+            # A remote that cannot be reached must not cost the local set: the upload
+            # then fails with its own line, and takes the lease itself if it can.
+            with contextlib.suppress(RemoteError):
+                stack.enter_context(lease.held(where, ttl=cfg.remote.lease_ttl, what="backup"))
+        result = take_backup(cfg, ui, env_name=ctx.env, clock=ctx.clock)
+        report(ui, result)
+        verified = None
+        if cfg.backup.verify:  # a mismatch raises VerifyMismatch: the run ends verified=False
+            from pgvault.commands import verify
+
+            one = replace(cfg.verify, prefix=str(result.directory / result.prefix), all=False)
+            verified = verify.run(replace(cfg, verify=one), ui, ctx).verified
+        if upload:
+            upload_sets(cfg, ui, ctx, result)
     manifest = result.set.manifest
     rows = sum(t.rows for t in manifest.tables.values()) if manifest is not None else None
     return Outcome(result.prefix, result.set.size, rows=rows, verified=verified)

@@ -1,0 +1,274 @@
+"""Many databases in one sweep (--multirun), with real clusters: each job in a process of
+its own, one job's failure (server down, pg_dump killed, a hang) costing no other job
+anything, a summary naming every failure, n_jobs honoured, and a rerun after a crash
+leaving neither a duplicate nor a half set."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pgvault import naming, unfinished
+from tests.conftest import (
+    PASSWORD,
+    PASSWORD_USER,
+    create_database,
+    drop_database,
+    pgvault_env,
+    run_pgvault,
+    run_sql,
+)
+from tests.s3server import free_port
+
+
+@pytest.fixture(scope="module")
+def small_dbs(pg_cluster):
+    names = [create_database(pg_cluster, "sweep") for _ in range(2)]
+    for i, name in enumerate(names):
+        run_sql(
+            pg_cluster.conn(name),
+            f"CREATE TABLE t AS SELECT g AS id FROM generate_series(1, {i + 3}) g",
+        )
+    yield names
+    for name in names:
+        drop_database(pg_cluster, name)
+
+
+def conf_dir(tmp_path: Path, targets: dict[str, str]) -> Path:
+    """A user's conf dir with one target file per database (target=NAME)."""
+    conf = tmp_path / "conf"
+    (conf / "target").mkdir(parents=True)
+    for name, url in targets.items():
+        (conf / "target" / f"{name}.yaml").write_text(f"name: {name}\nurl: {url}\n")
+    return conf
+
+
+def url_of(pg_cluster, dbname: str) -> str:  # type: ignore[no-untyped-def]
+    return f"postgresql://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{pg_cluster.port}/{dbname}"
+
+
+def complete_sets(directory: Path) -> list[str]:
+    return sorted(p.name.removesuffix("-manifest.json") for p in directory.glob("*-manifest.json"))
+
+
+def set_files(directory: Path) -> list[str]:
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if naming.parse_file_name(p.name))
+
+
+def processes(needle: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def pg_dumps_of(dbname: str, flag: bytes = b"--data-only") -> list[int]:
+    """pg_dump processes dumping dbname's data (not a `pg_dump --version` probe); pgvault
+    gives pg_dump the database in its environment."""
+    found = []
+    for pid in processes(b"pg_dump"):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if (
+                Path(argv[0].decode()).name == "pg_dump"
+                and flag in argv
+                and (
+                    f"PGDATABASE={dbname}".encode() in env
+                    or any(dbname.encode() in a for a in argv)
+                )
+            ):
+                found.append(pid)
+    return found
+
+
+def test_a_sweep_isolates_failures_and_names_each_one(pg_cluster, small_dbs, big_db, tmp_path):
+    """4 targets from the user's conf dir, two at a time: one server is down, one pg_dump
+    is killed. The other two sets complete and verify; the summary names both failures."""
+    base = f"postgresql://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{pg_cluster.port}"
+    conf = conf_dir(tmp_path, {
+        "crm_a": f"{base}/{small_dbs[0]}", "crm_b": f"{base}/{small_dbs[1]}",
+        "down": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+        "killed": f"{base}/{big_db.dbname}",
+    })  # fmt: skip
+    out = tmp_path / "sets"
+    env = pgvault_env(PGVAULT_CONFIG_DIR=str(conf), TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgvault", "backup", "--multirun", "target=crm_a,crm_b,down,killed",
+         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"dir={out}/${{target.name}}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    killed: list[int] = []
+
+    def kill_its_pg_dump() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and proc.poll() is None and time.monotonic() < deadline:
+            for pid in pg_dumps_of(big_db.dbname):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_its_pg_dump)
+    killer.start()
+    stdout, stderr = proc.communicate(timeout=300)
+    killer.join()
+    assert killed, "the big target's pg_dump was never seen"
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("pgvault: error: 2 of 4 jobs failed: "), stderr
+    assert "down" in last and "killed" in last and "crm_a" not in last, last
+    # Each job's lines carry its name; the table has a row per job.
+    assert "[down] pgvault: error: PostgreSQL does not appear to be running" in stderr
+    rows = {ln.split()[0]: ln.split()[1] for ln in stdout.splitlines() if ln.split()[:1]
+            and ln.split()[0] in ("crm_a", "crm_b", "down", "killed")}  # fmt: skip
+    assert rows == {"crm_a": "ok", "crm_b": "ok", "down": "failure", "killed": "failure"}, stdout
+    for name in ("crm_a", "crm_b"):
+        assert len(complete_sets(out / name)) == 1
+        res = run_pgvault("verify", f"dir={out / name}", env=pgvault_env())
+        assert res.returncode == 0, res.stderr
+    assert set_files(out / "killed") == []  # nothing half-written left, nothing complete-looking
+    assert not (out / "down").exists() or set_files(out / "down") == []
+
+
+def test_format_json_and_a_hang_past_the_timeout(pg_cluster, small_dbs, tmp_path):
+    """sweep.timeout ends a job that hangs (here: a before-hook that sleeps) and only
+    that job; format=json gives one document with every job."""
+    url = url_of(pg_cluster, small_dbs[0])
+    env = pgvault_env(TMPDIR=str(tmp_path))
+    hang = tmp_path / "hang.sh"
+    hang.write_text('#!/bin/sh\ncase "$PGVAULT_DIR" in */slow) exec sleep 600;; esac\n')
+    hang.chmod(0o755)
+    started = time.monotonic()
+    res = run_pgvault(
+        "backup", "--multirun", f"dir={tmp_path}/fast,{tmp_path}/slow", f"target.url={url}",
+        f"hooks.before=[{hang}]", "sweep.timeout=15s", "sweep.format=json", "quiet=true",
+        env=env, timeout=200,
+    )  # fmt: skip
+    assert time.monotonic() - started < 120
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    by_label = {j["label"]: j for j in doc["jobs"]}
+    fast, slow = by_label[f"dir={tmp_path}/fast"], by_label[f"dir={tmp_path}/slow"]
+    assert fast["status"] == "success" and fast["prefix"] and fast["size_bytes"] > 0
+    assert slow["status"] == "timeout" and "sweep.timeout=15s" in slow["error"]
+    assert len(complete_sets(tmp_path / "fast")) == 1
+    assert set_files(tmp_path / "slow") == []
+    assert processes(b"sleep 600") == [] or not any(
+        str(tmp_path).encode() in Path(f"/proc/{p}/environ").read_bytes()
+        for p in processes(b"sleep 600") if Path(f"/proc/{p}").exists()
+    )  # fmt: skip
+
+
+def test_n_jobs_limits_how_many_run_at_once(pg_cluster, small_dbs, tmp_path):
+    url = url_of(pg_cluster, small_dbs[0])
+    dirs = ",".join(f"{tmp_path}/d{i}" for i in range(4))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgvault", "backup", "--multirun", f"dir={dirs}",
+         f"target.url={url}", "hooks.before=[sleep 2]", "hydra/launcher=joblib",
+         "hydra.launcher.n_jobs=2", "quiet=true"],
+        env=pgvault_env(TMPDIR=str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    seen = []
+    while proc.poll() is None:
+        seen.append(len(processes(b"pgvault.sweep")))
+        time.sleep(0.05)
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert max(seen) == 2, seen  # two at a time: parallel, and never more
+    for i in range(4):
+        assert len(complete_sets(tmp_path / f"d{i}")) == 1
+
+
+def test_two_overlapping_runs_of_one_target_make_one_set(big_db, tmp_path):
+    env = pgvault_env(big_db)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pgvault", "backup", f"dir={tmp_path}", "quiet=true"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (dumps := pg_dumps_of(big_db.dbname)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for pid in dumps:  # held mid-dump while the second run starts
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        second = run_pgvault("backup", f"dir={tmp_path}", env=env)
+    finally:
+        for pid in dumps:
+            os.kill(pid, signal.SIGCONT)
+    assert second.returncode != 0, (dumps, second.stdout, list(tmp_path.iterdir()))
+    assert "another pgvault" in second.stderr or "is in use" in second.stderr, second.stderr
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert len(complete_sets(tmp_path)) == 1
+    assert [p.name for p in tmp_path.glob("*.partial")] == []
+
+
+def test_a_crash_mid_sweep_then_a_rerun_leaves_whole_sets_only(big_db, pg_cluster, tmp_path):
+    """kill -9 of the sweep while its first job dumps: the job's own process ends too (it
+    does not run on unwatched), and the rerun completes every job without a duplicate or
+    a half set."""
+    dirs, url = f"dir={tmp_path}/first,{tmp_path}/second", url_of(pg_cluster, big_db.dbname)
+    args = [sys.executable, "-m", "pgvault", "backup", "--multirun", dirs, f"target.url={url}",
+            "quiet=true"]  # fmt: skip
+    env = pgvault_env(TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "first").glob("*data.sql.partial")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    children = processes(b"pgvault.sweep")
+    assert children
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{p}").exists() for p in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{p}").exists() for p in children)
+    res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    for d in ("first", "second"):
+        files = set_files(tmp_path / d)
+        sets = complete_sets(tmp_path / d)
+        assert len(sets) == 1, files  # the rerun's, and nothing of the killed run
+        assert all(f.startswith(sets[0]) for f in files), files
+
+
+def test_a_retry_removes_the_half_set_a_kill_left_after_its_renames(
+    pg_cluster, small_dbs, tmp_path
+):
+    """A kill between the renames and the manifest leaves final names and no manifest;
+    the note names that set as pgvault's, so the retry removes it. A set without a
+    manifest that no note names (the seed's) stays."""
+    env = pgvault_env(pg_cluster.conn(small_dbs[0]))
+    assert run_pgvault("backup", f"dir={tmp_path}", env=env).returncode == 0
+    (killed,) = complete_sets(tmp_path)
+    (tmp_path / naming.file_name(killed, "manifest")).unlink()
+    (tmp_path / unfinished.NOTE).write_text(json.dumps({"prefix": killed}))
+    seed = "backup-2001-01-01-000000"
+    for kind in ("roles", "schema", "data"):
+        (tmp_path / naming.file_name(seed, kind)).write_text("-- the seed's\n")
+    res = run_pgvault("backup", f"dir={tmp_path}", env=env)
+    assert res.returncode == 0, res.stderr
+    (retried,) = complete_sets(tmp_path)
+    assert retried != killed
+    assert not any(n.startswith(killed) for n in set_files(tmp_path))
+    assert sorted(n for n in set_files(tmp_path) if n.startswith(seed)) == [
+        naming.file_name(seed, k) for k in ("data", "roles", "schema")
+    ]
+    assert not (tmp_path / unfinished.NOTE).exists()

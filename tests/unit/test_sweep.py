@@ -1,0 +1,77 @@
+"""A sweep's plan, its jobs' labels, its summary and the secrets its workers get back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pgvault import masking, sweep
+
+
+def test_only_the_keys_that_sweep_label_the_jobs():
+    words = ["target=a,b", "dir=/x", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+             "retention.days=range(1,3)", "quiet=true"]  # fmt: skip
+    assert sweep.swept_keys(words) == ["target", "retention.days"]
+
+
+def test_a_label_is_the_swept_value(tmp_path):
+    (tmp_path / sweep.PLAN).write_text(json.dumps({"keys": ["target"]}))
+    assert sweep.label({}, ["command=backup", "target=crm_a"], str(tmp_path), 0) == "crm_a"
+    (tmp_path / sweep.PLAN).write_text(json.dumps({"keys": ["dir", "target.url"]}))
+    words = ["dir=/b/one", r"target.url=postgresql\://u:${pgvault_secret:0}@h/db"]
+    assert (
+        sweep.label({}, words, str(tmp_path), 1) == "dir=/b/one target.url=postgresql://u:****@h/db"
+    )
+    (tmp_path / sweep.PLAN).write_text(json.dumps({"keys": []}))
+    assert sweep.label({"target": {"name": "local"}}, [], str(tmp_path), 3) == "local#3"
+
+
+def outcome(tmp_path, num, label, status, **more):  # type: ignore[no-untyped-def]
+    o = sweep.JobOutcome(num=num, label=label, status=status, **more)
+    (tmp_path / f"outcome-{num}.json").write_text(json.dumps(asdict(o)))
+
+
+def test_the_summary_names_every_failed_job_and_fails(tmp_path, capsys):
+    outcome(tmp_path, 0, "a", "success", exit_code=0, prefix="backup-2026-01-01-000000",
+            size_bytes=2048)  # fmt: skip
+    outcome(tmp_path, 1, "b", "failure", error="PostgreSQL does not appear to be running")
+    outcome(tmp_path, 2, "c", "timeout", exit_code=124, error="still running")
+    with pytest.raises(sweep.SweepFailed) as e:
+        sweep.summarize(str(tmp_path))
+    assert e.value.what == "2 of 3 jobs failed: b, c"
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["job", "result", "set", "size", "time", "error"]
+    assert out[1].split()[:3] == ["a", "ok", "backup-2026-01-01-000000"]
+    assert out[2].split()[:2] == ["b", "failure"] and out[2].endswith("be running")
+    assert out[-1] == "1 of 3 jobs succeeded"
+
+
+def test_all_good_is_no_error_and_json_is_one_document(tmp_path, capsys):
+    outcome(tmp_path, 1, "b", "success", exit_code=0, format="json")
+    outcome(tmp_path, 0, "a", "success", exit_code=0, format="json")
+    sweep.summarize(str(tmp_path))
+    doc = json.loads(capsys.readouterr().out)
+    assert [j["label"] for j in doc["jobs"]] == ["a", "b"]
+    assert "format" not in doc["jobs"][0]
+
+
+def test_a_launcher_that_stopped_is_reported_with_what_ended(tmp_path, capsys):
+    outcome(tmp_path, 0, "a", "success", exit_code=0)
+    with pytest.raises(sweep.SweepFailed) as e:
+        sweep.summarize(str(tmp_path), RuntimeError("worker died"))
+    assert "the sweep stopped after 1 job(s): worker died" in e.value.what
+    with pytest.raises(RuntimeError):
+        sweep.summarize(str(tmp_path / "nothing"), RuntimeError("before any job"))
+
+
+@given(st.lists(st.text(min_size=1).filter(lambda s: "\x00" not in s), min_size=1, max_size=4))
+def test_a_worker_gets_back_every_secret_of_the_overrides(secrets):
+    masking.reset()
+    words = [f"target.url=postgresql://u:{masking.slot(s)}@h/db" for s in secrets]
+    back = [masking.unslot(w, secrets) for w in words]
+    assert back == [f"target.url=postgresql://u:{s}@h/db" for s in secrets]
+    masking.reset()
