@@ -27,6 +27,14 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def fleet(session: nox.Session) -> None:
+    """Sweeps on a Ray cluster: a Ray head on 127.0.0.1, three targets into an S3 server.
+    A virtualenv of its own: pgvault[ray] needs cloudpickle<3."""
+    session.install("-e", ".[dev,ray]")
+    session.run("pytest", "-q", "tests/fleet", *session.posargs, env={"PGVAULT_FLEET": "1"})
+
+
+@nox.session
 def selftest(session: nox.Session) -> None:
     session.install("-e", ".[dev,embedded]")
     session.run("python", "-m", "pgvault.demo", "--selftest")

@@ -289,9 +289,7 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:  # each job in a process of its own: pgvault.sweep
-            from pgvault import sweep
-
-            sweep.run_job(cfg, tuple(hc.overrides.task), str(hc.sweep.dir), int(hc.job.num))
+            _sweep_job(cfg)
             return
         choices = hc.runtime.choices
         try:
@@ -334,16 +332,40 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
 
 def _run_sweep(config_dir: str, args: list[str], run: Callable[[list[str]], None]) -> None:
     """Run a multirun in a private sweep dir, then print its summary (pgvault.sweep);
-    raises naming every job that failed."""
+    raises naming every job that failed. Hydra's multirun is called here rather than
+    through @hydra.main, so the jobs' outcomes come back from any launcher (Ray's remote
+    workers too); with other Hydra flags, @hydra.main runs it and the outcome files
+    alone tell."""
     from pgvault import sweep
 
-    with private_sweep() as sweep_dir, sweep.sweeping(sweep_dir, args):
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    with private_sweep() as sweep_dir, sweep.sweeping(overrides) as extra:
+        more = [f"hydra.sweep.dir={sweep_dir}", *extra]
+        returned: Any = []
         stopped: Exception | None = None
         try:
-            run([*args, f"hydra.sweep.dir={sweep_dir}"])
+            if set(flags) <= {"-m", "--multirun"}:
+                with hydra_for(config_dir) as hydra:
+                    returned = hydra.multirun(
+                        config_name="config", task_function=_sweep_job,
+                        overrides=[*overrides, *more],
+                    )  # fmt: skip
+            else:
+                run([*args, *more])
         except Exception as e:  # the launcher's own failure: the jobs that ended still count
             stopped = e
-        sweep.summarize(sweep_dir, stopped)
+        sweep.summarize(sweep_dir, sweep.returned(returned), stopped)
+
+
+def _sweep_job(cfg: Any) -> dict[str, Any]:
+    """A multirun's task, in whatever process the launcher gives it: pgvault.sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from pgvault import sweep
+
+    hc = HydraConfig.get()
+    return sweep.run_job(cfg, tuple(hc.overrides.task), str(hc.sweep.dir), int(hc.job.num))
 
 
 @contextlib.contextmanager

@@ -13,6 +13,8 @@ blocks its remote's other writers for one lease_ttl at most.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -21,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from pgvault import store
@@ -141,6 +144,50 @@ def stale(info: dict[str, Any]) -> bool:
     return (
         info.get("host") == socket.gethostname() and isinstance(pid, int) and not (store.alive(pid))
     )
+
+
+# -- A lease as a file (FileRemote) -----------------------------------------------------
+
+
+def read_file(path: Path) -> tuple[bytes, str] | None:
+    """The lease file's bytes, and a tag of its inode, mtime and content."""
+    try:
+        with store.open_regular(path) as f:
+            data = f.read(65536)
+            st = os.fstat(f.fileno())
+    except FileNotFoundError:
+        return None
+    return data, f"{st.st_ino}:{st.st_mtime_ns}:{hashlib.sha256(data).hexdigest()}"
+
+
+def write_file(path: Path, data: bytes, tag: str | None) -> bool:
+    """A new lease: O_EXCL. Over a stale one: under flock on the file read, which must
+    still be the one at the name and still have tag, then a rename over it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    if tag is None:
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+        return True
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        old = store.open_regular(path)
+    except FileNotFoundError:
+        return False
+    with old:
+        fcntl.flock(old.fileno(), fcntl.LOCK_EX)
+        now = read_file(path)
+        if now is None or now[1] != tag or os.stat(path).st_ino != os.fstat(old.fileno()).st_ino:
+            return False
+        with os.fdopen(os.open(tmp, flags, 0o600), "wb") as out:
+            out.write(data)
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    return True
 
 
 def _parse(data: bytes) -> dict[str, Any]:

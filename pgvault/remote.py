@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import stat
@@ -334,47 +333,14 @@ class FileRemote:
 
     def lease_read(self) -> tuple[bytes, str] | None:
         try:
-            with open_regular(self.directory / lease.NAME) as f:
-                data = f.read(65536)
-                st = os.fstat(f.fileno())
-        except FileNotFoundError:
-            return None
+            return lease.read_file(self.directory / lease.NAME)
         except OSError as e:
             raise self._fail("cannot read the lease of", e) from None
-        return data, f"{st.st_ino}:{st.st_mtime_ns}:{hashlib.sha256(data).hexdigest()}"
 
     def lease_write(self, data: bytes, tag: str | None) -> bool:
-        """A new lease: O_EXCL. Over an expired one: under flock on the file read, which
-        must still be the one at the name, and still hold what was read."""
         self._present()
-        path = self.directory / lease.NAME
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            if tag is None:
-                try:
-                    fd = os.open(path, flags, 0o600)
-                except FileExistsError:
-                    return False
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    os.fsync(f.fileno())
-                return True
-            tmp = path.with_name(f"{lease.NAME}.{os.getpid()}{naming.PARTIAL_SUFFIX}")
-            with contextlib.ExitStack() as stack:
-                try:
-                    old = stack.enter_context(open_regular(path))
-                except FileNotFoundError:
-                    return False
-                fcntl.flock(old.fileno(), fcntl.LOCK_EX)
-                st = os.fstat(old.fileno())
-                now = self.lease_read()
-                if now is None or now[1] != tag or os.stat(path).st_ino != st.st_ino:
-                    return False
-                with os.fdopen(os.open(tmp, flags, 0o600), "wb") as out:
-                    out.write(data)
-                    os.fsync(out.fileno())
-                os.replace(tmp, path)
-            return True
+            return lease.write_file(self.directory / lease.NAME, data, tag)
         except OSError as e:
             raise self._fail("cannot write the lease of", e) from None
         finally:

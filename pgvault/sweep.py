@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,7 @@ from pgvault.errors import PgvaultError, one_line
 
 SECRETS_ENV = "PGVAULT_SWEEP_SECRETS"
 OUTCOME_ENV = "PGVAULT_SWEEP_OUTCOME"
-PLAN = "sweep.json"
+KEYS_ENV = "PGVAULT_SWEEP_KEYS"
 # Seconds a timed-out job gets to clean up after SIGTERM before its session is killed.
 GRACE = 10.0
 # A sweep's jobs that share a directory take turns on its lock: how long one waits for
@@ -63,14 +64,21 @@ class JobOutcome:
 
 
 @contextlib.contextmanager
-def sweeping(sweep_dir: str, overrides: Sequence[str]) -> Iterator[None]:
-    """Around a multirun: note which keys are swept (the jobs' labels) and hand the
-    secrets to the launcher's workers."""
-    Path(sweep_dir, PLAN).write_text(json.dumps({"keys": swept_keys(overrides)}))
+def sweeping(overrides: Sequence[str]) -> Iterator[list[str]]:
+    """Around a multirun: hand the secrets to the launcher's local workers, and yield the
+    overrides that tell every job (wherever it runs) which keys are swept (its label) and
+    where the user's configs are."""
+    from pgvault.cli import user_conf_dir
+
+    keys = ";".join(swept_keys(overrides))
+    extra = [f"++hydra.job.env_set.{KEYS_ENV}='{keys}'"]
+    conf = user_conf_dir()
+    if conf is not None and "'" not in str(conf):
+        extra.append(f"++hydra.job.env_set.PGVAULT_CONFIG_DIR='{conf}'")
     saved = os.environ.get(SECRETS_ENV)
     os.environ[SECRETS_ENV] = json.dumps(masking.slots())
     try:
-        yield
+        yield extra
     finally:
         if saved is None:
             os.environ.pop(SECRETS_ENV, None)
@@ -92,18 +100,34 @@ def swept_keys(overrides: Sequence[str]) -> list[str]:
     return keys
 
 
-def outcomes(sweep_dir: str) -> list[JobOutcome]:
-    out = []
+def outcomes(sweep_dir: str, returned: Sequence[JobOutcome] = ()) -> list[JobOutcome]:
+    """Every job's outcome: as the launcher returned it, else as its job wrote it."""
+    found = {o.num: o for o in returned}
     for path in Path(sweep_dir).glob("outcome-*.json"):
         with contextlib.suppress(OSError, ValueError, TypeError):
-            out.append(JobOutcome(**json.loads(path.read_text())))
-    return sorted(out, key=lambda o: o.num)
+            o = JobOutcome(**json.loads(path.read_text()))
+            found.setdefault(o.num, o)
+    return [found[n] for n in sorted(found)]
 
 
-def summarize(sweep_dir: str, stopped: BaseException | None = None) -> None:
+def returned(batches: Any) -> list[JobOutcome]:
+    """The outcomes in what Hydra's sweeper returned (batches of JobReturn)."""
+    out = []
+    for batch in batches or []:
+        for job in batch:
+            value = getattr(job, "_return_value", None)
+            with contextlib.suppress(TypeError):
+                if isinstance(value, dict):
+                    out.append(JobOutcome(**value))
+    return out
+
+
+def summarize(
+    sweep_dir: str, returned: Sequence[JobOutcome] = (), stopped: BaseException | None = None
+) -> None:
     """Print the table (or JSON) of the sweep's jobs; raise SweepFailed naming every job
     that failed, or the launcher's own error when it stopped the sweep."""
-    done = outcomes(sweep_dir)
+    done = outcomes(sweep_dir, returned)
     if not done and stopped is not None:
         raise stopped
     as_json = any(o.format == "json" for o in done)
@@ -159,14 +183,15 @@ def table(done: Sequence[JobOutcome]) -> str:
 # -- A job: runs in the launcher's process or worker -----------------------------------
 
 
-def run_job(cfg: Any, overrides: Sequence[str], sweep_dir: str, num: int) -> None:
-    """Run one job of a sweep in a child pgvault and record its outcome. Never raises,
-    but for an interrupt (the child is ended first)."""
+def run_job(cfg: Any, overrides: Sequence[str], sweep_dir: str, num: int) -> dict[str, Any]:
+    """Run one job of a sweep in a child pgvault; record its outcome in the sweep dir
+    (when this process can reach it) and return it. Never raises, but for an interrupt
+    (the child is ended first)."""
     started = time.monotonic()
     outcome = JobOutcome(num=num, label=f"job {num}")
     try:
         masking.adopt(json.loads(os.environ.get(SECRETS_ENV) or "[]"))
-        outcome.label = label(cfg, overrides, sweep_dir, num)
+        outcome.label = label(cfg, overrides, num)
         outcome = _run_child(cfg, overrides, sweep_dir, outcome)
     except KeyboardInterrupt:
         outcome.error = "interrupted"
@@ -179,15 +204,13 @@ def run_job(cfg: Any, overrides: Sequence[str], sweep_dir: str, num: int) -> Non
         outcome.duration_s = round(time.monotonic() - started, 3)
         with contextlib.suppress(OSError):
             _write(Path(sweep_dir, f"outcome-{num}.json"), asdict(outcome))
+    return asdict(outcome)
 
 
-def label(cfg: Any, overrides: Sequence[str], sweep_dir: str, num: int) -> str:
+def label(cfg: Any, overrides: Sequence[str], num: int) -> str:
     """The job's name in lines and the table: the swept value (target=a,b: "a"), else
     the target's name and the job's number."""
-    try:
-        keys = json.loads(Path(sweep_dir, PLAN).read_text())["keys"]
-    except (OSError, ValueError, KeyError):
-        keys = []
+    keys = [k for k in os.environ.get(KEYS_ENV, "").split(";") if k]
     values = {}
     for word in overrides:
         key, _, value = word.partition("=")
@@ -197,27 +220,39 @@ def label(cfg: Any, overrides: Sequence[str], sweep_dir: str, num: int) -> str:
     picked = [f"{k}={masking.mask(values[k])}" for k in keys if k in values]
     if picked:
         return " ".join(picked)
-    name = cfg.get("target", {}).get("name") if hasattr(cfg, "get") else None
+    try:
+        name = cfg.get("target", {}).get("name")
+    except Exception:  # a target without a name: its job says so itself
+        name = None
     return f"{name or 'job'}#{num}"
 
 
 def _run_child(cfg: Any, overrides: Sequence[str], sweep_dir: str, o: JobOutcome) -> JobOutcome:
     from pgvault import config, units
 
+    if not masking.slots() and any(f"${{{masking.RESOLVER}:" in w for w in overrides):
+        raise PgvaultError(
+            "a password given on the command line cannot reach this job's worker",
+            "give it in ~/.pgpass, a libpq service file or the workers' environment",
+        )
     typed = config.to_typed(cfg)
     o.format = typed.sweep.format.value
     timeout = (
         units.parse_duration(typed.sweep.timeout, "sweep.timeout") if typed.sweep.timeout else None
     )
     command = typed.command
-    args = [command, *real_args(o for o in overrides if not o.startswith("command="))]
+    args = [command, *real_args(w for w in overrides if not w.startswith("command="))]
     from pgvault.commands import SPECS
 
     if typed.lock_timeout == 0 and "lock_timeout" in SPECS[command].keys:
         # Queue behind a job of the same directory rather than fail.
         args.append(f"lock_timeout={timeout or SHARED_DIR_WAIT:g}")
     args.append("hydra.mode=RUN")  # a config that sets MULTIRUN must not sweep again
-    outcome_file = Path(sweep_dir, f"run-{o.num}.json")
+    # In the sweep dir, or (on a Ray node of its own, where it is not) this process's.
+    here = sweep_dir if os.path.isdir(sweep_dir) else None
+    fd, name = tempfile.mkstemp(prefix=f"run-{o.num}-", suffix=".json", dir=here)
+    os.close(fd)
+    outcome_file = Path(name)
     env = {k: v for k, v in os.environ.items() if k != SECRETS_ENV}
     env[OUTCOME_ENV] = str(outcome_file)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -254,7 +289,7 @@ def _run_child(cfg: Any, overrides: Sequence[str], sweep_dir: str, o: JobOutcome
         for r in readers:
             r.join(timeout=GRACE)
         with contextlib.suppress(FileNotFoundError, ValueError):
-            ran = json.loads(outcome_file.read_text())
+            ran = json.loads(outcome_file.read_text() or "{}")
         with contextlib.suppress(FileNotFoundError):
             outcome_file.unlink()
     for key in ("prefix", "size_bytes", "rows", "verified", "error"):

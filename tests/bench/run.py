@@ -22,6 +22,7 @@ from pgvault.errors import PgvaultError
 from .measure import BenchError
 from .report import Row, announce, print_table, say
 from .startup import bench_startup
+from .sweep import bench_sweep
 from .upload import start_server
 from .workloads import Bench, run_scale
 
@@ -45,7 +46,8 @@ The list times include Python and Hydra start-up: the baseline column is the sam
 command on an empty directory. Upload: `pgvault push` of the set (push.prune=false) and
 a Python process calling boto3's client.upload_file for the same files (its default
 TransferConfig), each into a fresh bucket of a moto server on loopback; moto's own speed
-bounds both."""
+bounds both. Sweep: `pgvault backup --multirun` of 4 pgbench databases (scale 5) with
+hydra/launcher=joblib against the basic launcher's one after another."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
             except BenchError as e:
                 rows.append(Row(None, "start-up", note=f"error: {e}"))
+            say("sweep: 4 targets, the joblib launcher against one after another")
+            try:
+                for row in bench_sweep(bench):
+                    announce(row)
+                    rows.append(row)
+            except BenchError as e:
+                rows.append(Row(None, "sweep", note=f"error: {e}"))
             for scale in args.scales:
                 say(f"scale {scale}: pgbench -i -s {scale}, then {args.repeat} run(s) each")
                 try:

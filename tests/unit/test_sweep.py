@@ -18,16 +18,14 @@ def test_only_the_keys_that_sweep_label_the_jobs():
     assert sweep.swept_keys(words) == ["target", "retention.days"]
 
 
-def test_a_label_is_the_swept_value(tmp_path):
-    (tmp_path / sweep.PLAN).write_text(json.dumps({"keys": ["target"]}))
-    assert sweep.label({}, ["command=backup", "target=crm_a"], str(tmp_path), 0) == "crm_a"
-    (tmp_path / sweep.PLAN).write_text(json.dumps({"keys": ["dir", "target.url"]}))
+def test_a_label_is_the_swept_value(monkeypatch):
+    monkeypatch.setenv(sweep.KEYS_ENV, "target")
+    assert sweep.label({}, ["command=backup", "target=crm_a"], 0) == "crm_a"
+    monkeypatch.setenv(sweep.KEYS_ENV, "dir;target.url")
     words = ["dir=/b/one", r"target.url=postgresql\://u:${pgvault_secret:0}@h/db"]
-    assert (
-        sweep.label({}, words, str(tmp_path), 1) == "dir=/b/one target.url=postgresql://u:****@h/db"
-    )
-    (tmp_path / sweep.PLAN).write_text(json.dumps({"keys": []}))
-    assert sweep.label({"target": {"name": "local"}}, [], str(tmp_path), 3) == "local#3"
+    assert sweep.label({}, words, 1) == "dir=/b/one target.url=postgresql://u:****@h/db"
+    monkeypatch.setenv(sweep.KEYS_ENV, "")
+    assert sweep.label({"target": {"name": "local"}}, [], 3) == "local#3"
 
 
 def outcome(tmp_path, num, label, status, **more):  # type: ignore[no-untyped-def]
@@ -52,20 +50,26 @@ def test_the_summary_names_every_failed_job_and_fails(tmp_path, capsys):
 
 def test_all_good_is_no_error_and_json_is_one_document(tmp_path, capsys):
     outcome(tmp_path, 1, "b", "success", exit_code=0, format="json")
-    outcome(tmp_path, 0, "a", "success", exit_code=0, format="json")
-    sweep.summarize(str(tmp_path))
+    outcome(tmp_path, 0, "a", "failure", format="json")
+    # What the launcher returned wins over a job's file (a worker on another machine
+    # writes none), and a job known only from either still counts.
+    came_back = [
+        sweep.JobOutcome(num=0, label="a", status="success", exit_code=0, format="json"),
+        sweep.JobOutcome(num=2, label="c", status="success", exit_code=0, format="json"),
+    ]
+    sweep.summarize(str(tmp_path), came_back)
     doc = json.loads(capsys.readouterr().out)
-    assert [j["label"] for j in doc["jobs"]] == ["a", "b"]
+    assert [j["label"] for j in doc["jobs"]] == ["a", "b", "c"]
     assert "format" not in doc["jobs"][0]
 
 
 def test_a_launcher_that_stopped_is_reported_with_what_ended(tmp_path, capsys):
     outcome(tmp_path, 0, "a", "success", exit_code=0)
     with pytest.raises(sweep.SweepFailed) as e:
-        sweep.summarize(str(tmp_path), RuntimeError("worker died"))
+        sweep.summarize(str(tmp_path), stopped=RuntimeError("worker died"))
     assert "the sweep stopped after 1 job(s): worker died" in e.value.what
     with pytest.raises(RuntimeError):
-        sweep.summarize(str(tmp_path / "nothing"), RuntimeError("before any job"))
+        sweep.summarize(str(tmp_path / "nothing"), stopped=RuntimeError("before any job"))
 
 
 @given(st.lists(st.text(min_size=1).filter(lambda s: "\x00" not in s), min_size=1, max_size=4))
