@@ -271,6 +271,9 @@ def _concealed(value: object, whole: bool) -> str | None:
 
     text = value.text if isinstance(value, QuotedString) else str(value)
     found = [(0, len(text))] if whole and text else masking.password_spans(text)
+    # A sweep job's child gets its overrides with the slots still in: they stay as they are.
+    taken = masking.slot_spans(text)
+    found = [(a, b) for a, b in found if all(b <= c or a >= d for c, d in taken)]
     spans: list[tuple[int, int]] = []
     for a, b in sorted(found, key=lambda s: s[0] - s[1]):  # a password before its prefix
         if all(b <= c or a >= d for c, d in spans):

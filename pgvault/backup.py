@@ -269,7 +269,6 @@ def _write_set(
         })  # fmt: skip
         path = directory / naming.file_name(prefix, "manifest")
         catalog.write_json_atomic(path, manifest.to_json())
-        unfinished.end(directory)
     except BaseException as e:
         # Without its manifest the set is incomplete anyway; remove it so it cannot mislead.
         for p in (*final.values(), *partial.values()):
@@ -279,6 +278,9 @@ def _write_set(
         if isinstance(e, OSError):
             raise _write_error(e, directory) from None
         raise
+    # After the try: a set with its manifest is whole, whatever happens to the note (one
+    # left behind names a set whose manifest is there, which clear() leaves alone).
+    unfinished.end(directory)
     return BackupResult(
         catalog.BackupSet(prefix, directory, {**final, "manifest": path}, manifest=manifest)
     )

@@ -76,9 +76,12 @@ def search_setup() -> tuple[str, list[str]]:
     return str(packaged), [f"hydra.searchpath=[file://{user}]"]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, secrets: list[str] | None = None) -> None:
+    """secrets: the passwords a sweep's job hands its child (pgvault.sweep), which its
+    arguments refer to as ${pgvault_secret:N}."""
     args = list(sys.argv[1:] if argv is None else argv)
     remember_secrets(args)
+    masking.adopt(secrets or [])
     if argv is None:  # the real command line: this process's title and its last words
         masking.hide_in_title(sys.orig_argv)
         sys.excepthook = _masked_excepthook
@@ -108,8 +111,13 @@ def _masked_excepthook(
     sys.stderr.write(masking.mask("".join(traceback.format_exception(kind, e, tb))))
 
 
+# Whether the user asked for Hydra's tracebacks; the CLI sets HYDRA_FULL_ERROR for itself.
+_full_error = False
+
+
 def _main(args: list[str]) -> None:
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    global _full_error
+    full_error = _full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     command = "backup"
     # SIGTERM unwinds like Ctrl-C, so throwaway clusters and partial files are cleaned up.
     signal.signal(signal.SIGTERM, _terminated)
@@ -319,8 +327,7 @@ def _run_hydra(config_dir: str, args: list[str]) -> None:
             finally:
                 sys.argv = saved
 
-        if outcome == "multirun" and not any(a.startswith("hydra.sweep.dir=") for a in args):
-            # hydra.mode=MULTIRUN from a config sweeps as -m does.
+        if outcome == "multirun":  # hydra.mode=MULTIRUN from a config sweeps as -m does
             _run_sweep(config_dir, args, hydra_main)
         else:
             hydra_main(args)
@@ -340,7 +347,8 @@ def _run_sweep(config_dir: str, args: list[str], run: Callable[[list[str]], None
 
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
-    with private_sweep() as sweep_dir, sweep.sweeping(overrides) as extra:
+    sweep.check(overrides)
+    with private_sweep() as sweep_dir, sweep.sweeping(overrides, _full_error) as extra:
         more = [f"hydra.sweep.dir={sweep_dir}", *extra]
         returned: Any = []
         stopped: Exception | None = None

@@ -101,6 +101,8 @@ class RemoteConfig:
     upload: bool = True
     # Seconds one request may take before it is retried, then given up.
     timeout: float = 60.0
+    # One writer at a time (pgvault.lease): false for a store without conditional writes.
+    lease: bool = True
     # Seconds a run's lease on the remote lasts unless renewed (every third of it): how
     # long a run that died on another machine blocks the remote's other writers.
     lease_ttl: float = 900.0

@@ -5,9 +5,12 @@ The local directory's lock keeps two runs on one machine apart; two machines tha
 to one remote (an overlapping CronJob, a retried Job on another node) share nothing
 but the remote. On S3 the writes are conditional (If-None-Match: *, If-Match: ETag), so
 of two runs that race for a free or stale lease exactly one wins. A lease is stale once
-it has expired (remote.lease_ttl after its last renewal; a holder renews it every third
-of that), or at once when its holder ran on this machine and is gone: a killed run
-blocks its remote's other writers for one lease_ttl at most.
+it has expired (remote.lease_ttl after its last renewal; its holder renews it every third
+of that), or at once when its holder ran on this very machine (same boot and pid
+namespace) and is gone. Giving it back writes it expired, under the same condition, so a
+late give-back can never remove a lease another run has taken since. A holder that could
+not renew for a whole lease_ttl counts its lease as lost and stops before its next write.
+Expiry is the writer's wall clock: the machines are assumed to keep time (NTP).
 """
 
 from __future__ import annotations
@@ -40,12 +43,21 @@ class Leasable(Protocol):
         """The lease object's bytes and a tag that changes with every write; None: none."""
         ...
 
-    def lease_write(self, data: bytes, tag: str | None) -> bool:
-        """Write the lease only if there is none (tag None) or it still has tag; False
-        when another write came first."""
+    def lease_write(self, data: bytes, tag: str | None) -> str | None:
+        """Write the lease only if there is none (tag None) or it still has tag; return
+        its new tag, or None when another write came first."""
         ...
 
-    def lease_delete(self) -> None: ...
+
+def machine() -> str:
+    """This machine as a lease names it: host, boot and pid namespace (containers on one
+    host may share a name, never a pid namespace)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return f"{socket.gethostname()}:?"
+    return f"{socket.gethostname()}:{boot}:{ns}"
 
 
 class Lease:
@@ -53,71 +65,106 @@ class Lease:
         self.remote, self.ttl, self.what = remote, ttl, what
         self.token = uuid.uuid4().hex
         self.tag: str | None = None
+        self.valid_until = 0.0  # monotonic: past it, unrenewed, the lease may be another's
+        self.lost: LockBusy | None = None
         self._lock = threading.Lock()  # the heartbeat and the run renew it
 
-    def body(self) -> bytes:
+    def body(self, ttl: float | None = None) -> bytes:
         return json.dumps({
             "token": self.token,
             "host": socket.gethostname(),
+            "machine": machine(),
             "pid": os.getpid(),
             "what": self.what,
-            "expires": time.time() + self.ttl,
+            "expires": time.time() + (self.ttl if ttl is None else ttl),
         }).encode()  # fmt: skip
 
-    def take(self) -> None:
-        """Take the lease: LockBusy when another live run holds it."""
-        for _ in range(3):  # a lease given back or taken over while we looked
-            if self.remote.lease_write(self.body(), None):
-                self.tag = self._current_tag()
+    def take(self, wait: float = 0.0) -> None:
+        """Take the lease, waiting up to wait seconds for a live holder to give it back;
+        LockBusy when it does not."""
+        deadline = time.monotonic() + wait
+        while True:
+            info = self._try()
+            if info is None:
                 return
-            found = self.remote.lease_read()
-            if found is None:
-                continue
-            info = _parse(found[0])
-            if not stale(info):
+            if time.monotonic() >= deadline:
                 raise busy(self.remote.url, info)
-            if self.remote.lease_write(self.body(), found[1]):
-                self.tag = self._current_tag()
-                return
+            time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+
+    def _try(self) -> dict[str, Any] | None:
+        """One attempt: None when taken, else what the holder's lease says."""
+        started = time.monotonic()
+        if self._written(self.remote.lease_write(self.body(), None), started):
+            return None
         found = self.remote.lease_read()
-        raise busy(self.remote.url, _parse(found[0]) if found else {})
+        if found is None:  # given back meanwhile: the next attempt
+            return {}
+        info = _parse(found[0])
+        if info.get("token") == self.token or (
+            stale(info) and self._written(self.remote.lease_write(self.body(), found[1]), started)
+        ):
+            return None
+        return info
+
+    def _written(self, tag: str | None, started: float) -> bool:
+        if tag is None:
+            return False
+        self.tag, self.valid_until = tag, started + self.ttl
+        return True
 
     def renew(self) -> None:
         """Push the expiry out again; LockBusy if another run took the lease over."""
         with self._lock:
-            if self.tag is None or not self.remote.lease_write(self.body(), self.tag):
-                found = self.remote.lease_read()
-                raise busy(self.remote.url, _parse(found[0]) if found else {})
-            self.tag = self._current_tag()
+            started = time.monotonic()
+            if self.tag is not None and self._written(
+                self.remote.lease_write(self.body(), self.tag), started
+            ):
+                return
+            found = self.remote.lease_read()  # a write that landed but whose answer did not
+            info = _parse(found[0]) if found else {}
+            if found is not None and info.get("token") == self.token:
+                self.tag, self.valid_until = found[1], started + self.ttl
+                return
+            self.lost = busy(self.remote.url, info)
+            raise self.lost
+
+    def check(self) -> None:
+        """Before a write under the lease: LockBusy once it is (or may be) lost."""
+        if self.lost is None and time.monotonic() > self.valid_until:
+            with contextlib.suppress(Exception):
+                self.renew()
+            if self.lost is None and time.monotonic() > self.valid_until:
+                self.lost = LockBusy(
+                    f"the lease on {self.remote.url} could not be renewed for "
+                    f"{self.ttl:g} s: another run may hold it now",
+                    "check the remote's connection, then run again",
+                )
+        if self.lost is not None:
+            raise self.lost
 
     def give_back(self) -> None:
         with self._lock:
-            found = self.remote.lease_read()
-            if found is not None and _parse(found[0]).get("token") == self.token:
-                self.remote.lease_delete()
-
-    def _current_tag(self) -> str | None:
-        found = self.remote.lease_read()
-        return found[1] if found is not None else None
+            if self.tag is not None:
+                self.remote.lease_write(self.body(ttl=-1.0), self.tag)
 
 
 @contextlib.contextmanager
-def held(remote: Leasable, *, ttl: float, what: str) -> Iterator[Lease]:
+def held(remote: Leasable, *, ttl: float, what: str, wait: float = 0.0) -> Iterator[Lease]:
     """Hold remote's lease for the block, renewed every ttl/3; LockBusy when another run
-    holds it. Within a block that holds it already (a backup's own upload), it is
-    renewed once more and held on."""
+    holds it after wait seconds. Within a block that holds it already (a backup's own
+    upload), it is checked and held on."""
     if remote.url in _HELD:
-        _HELD[remote.url].renew()
+        _HELD[remote.url].check()
         yield _HELD[remote.url]
         return
     lease = Lease(remote, ttl, what)
-    lease.take()
+    lease.take(wait)
     _HELD[remote.url] = lease
     done = threading.Event()
 
     def heartbeat() -> None:
         while not done.wait(ttl / 3):
-            with contextlib.suppress(Exception):  # a failed renewal: the next one tries
+            with contextlib.suppress(Exception):  # check() tells the run, in time
                 lease.renew()
 
     beat = threading.Thread(target=heartbeat, name="pgvault-lease", daemon=True)
@@ -132,6 +179,12 @@ def held(remote: Leasable, *, ttl: float, what: str) -> Iterator[Lease]:
             lease.give_back()
 
 
+def check(url: str) -> None:
+    """Before a write to url: LockBusy if this process's lease there is lost."""
+    if url in _HELD:
+        _HELD[url].check()
+
+
 def stale(info: dict[str, Any]) -> bool:
     """Expired, or held by a run of this machine that is gone. An unreadable lease (no
     expiry) is someone else's object: never stale."""
@@ -141,9 +194,7 @@ def stale(info: dict[str, Any]) -> bool:
     if expires < time.time():
         return True
     pid = info.get("pid")
-    return (
-        info.get("host") == socket.gethostname() and isinstance(pid, int) and not (store.alive(pid))
-    )
+    return info.get("machine") == machine() and isinstance(pid, int) and not store.alive(pid)
 
 
 # -- A lease as a file (FileRemote) -----------------------------------------------------
@@ -160,34 +211,42 @@ def read_file(path: Path) -> tuple[bytes, str] | None:
     return data, f"{st.st_ino}:{st.st_mtime_ns}:{hashlib.sha256(data).hexdigest()}"
 
 
-def write_file(path: Path, data: bytes, tag: str | None) -> bool:
-    """A new lease: O_EXCL. Over a stale one: under flock on the file read, which must
-    still be the one at the name and still have tag, then a rename over it."""
+def write_file(path: Path, data: bytes, tag: str | None) -> str | None:
+    """A new lease: written whole under a name of its own, then linked into place (the
+    link fails if one is there). Over another: under flock on the file read, which must
+    still be the one at the name and still have tag, then renamed over it."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    if tag is None:
-        try:
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fsync(f.fileno())
-        return True
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
-        old = store.open_regular(path)
-    except FileNotFoundError:
-        return False
-    with old:
-        fcntl.flock(old.fileno(), fcntl.LOCK_EX)
-        now = read_file(path)
-        if now is None or now[1] != tag or os.stat(path).st_ino != os.fstat(old.fileno()).st_ino:
-            return False
         with os.fdopen(os.open(tmp, flags, 0o600), "wb") as out:
             out.write(data)
+            out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
-    return True
+        if tag is None:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return None
+        else:
+            try:
+                old = store.open_regular(path)
+            except FileNotFoundError:
+                return None
+            with old:
+                fcntl.flock(old.fileno(), fcntl.LOCK_EX)
+                now = read_file(path)
+                if (
+                    now is None
+                    or now[1] != tag
+                    or os.stat(path).st_ino != os.fstat(old.fileno()).st_ino
+                ):
+                    return None
+                os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    found = read_file(path)
+    return found[1] if found is not None else None
 
 
 def _parse(data: bytes) -> dict[str, Any]:

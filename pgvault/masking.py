@@ -37,7 +37,6 @@ _KEYWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\\n]|\\.)*(?:'|$)|\S+)", re.I 
 _YAML = re.compile(r"^(\s*[\w.-]*password:\s*)(\S.*)$", re.MULTILINE | re.IGNORECASE)
 _NEXT_KEYWORD = re.compile(r"\s+\w+\s*=|$")
 _SLOT = re.compile(r"\$\{" + RESOLVER + r":\d+\}")
-_SLOT_NUM = re.compile(r"\$\{" + RESOLVER + r":(\d+)\}")
 _PORTS = re.compile(r"\d*(?:,[^,/?\s]*)*")  # a port, or the first of host:port,host:port
 
 
@@ -136,6 +135,8 @@ def slots() -> list[str]:
 def adopt(secrets: list[str]) -> None:
     """Take another process's slots (a launcher's worker, whose jobs' configs refer to
     them), unless this process has its own; mask them all."""
+    if not secrets:
+        return
     if not _slots:
         _slots.extend(secrets)
     for secret in secrets:
@@ -143,9 +144,27 @@ def adopt(secrets: list[str]) -> None:
     register_resolver()
 
 
-def unslot(text: str, secrets: list[str]) -> str:
-    """text with each slot() interpolation replaced by its secret again."""
-    return _SLOT_NUM.sub(lambda m: secrets[int(m.group(1))], text)
+def slot_spans(text: str) -> list[tuple[int, int]]:
+    """Where text holds slot() interpolations (a sweep job's overrides keep them)."""
+    return [m.span() for m in _SLOT.finditer(text)]
+
+
+# Where a sweep hands its slots to a launcher's local workers (pgvault.sweep).
+SLOTS_ENV = "PGVAULT_SWEEP_SECRETS"
+
+
+def _resolve_slot(i: str) -> str:
+    # Module-level, so a launcher that pickles OmegaConf's resolvers (joblib's, Ray's)
+    # sends a reference to it, never the secrets; a local worker reads them from its
+    # environment (Hydra may resolve a job's config before the job runs).
+    if not _slots:
+        adopt(json.loads(os.environ.get(SLOTS_ENV) or "[]"))
+    if int(i) >= len(_slots):
+        raise KeyError(
+            "a password given on the command line cannot reach this job's worker; give it "
+            "in ~/.pgpass, a libpq service file or the workers' environment"
+        )
+    return _slots[int(i)]
 
 
 def register_resolver() -> None:
@@ -153,7 +172,7 @@ def register_resolver() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, lambda i: _slots[int(i)])
+        OmegaConf.register_new_resolver(RESOLVER, _resolve_slot)
 
 
 def mask(text: str) -> str:

@@ -130,7 +130,11 @@ def push(
         return result
     try:
         # Held already when a backup uploads its set: renewed for the upload then.
-        with lease.held(rem, ttl=cfg.remote.lease_ttl, what="push"), _cache() as cache:
+        held = (
+            lease.held(rem, ttl=cfg.remote.lease_ttl, what="push", wait=cfg.lock_timeout)
+            if cfg.remote.lease else contextlib.nullcontext()
+        )  # fmt: skip
+        with held, _cache() as cache:
             _run(cfg, ui, rem, directory, cache, policy, now, result)
         if result.failed:
             raise _failure(result.failed)
@@ -209,6 +213,7 @@ def _run(
                 return
             opened = sending.open_sets(ui, held, plan.up[:BATCH], plan.manifest_sha256, fail)
             records = sending.open_records(held, plan.matched, cache, before.sizes)
+        lease.check(rem.url)  # a lease lost meanwhile: nothing more is written
         sending.upload(ui, rem, opened, before.sizes, fail, done)
         sending.send_records(rem, records)
     for start in range(BATCH, len(plan.up), BATCH):
@@ -217,6 +222,7 @@ def _run(
                 opened = sending.open_sets(
                     ui, held, plan.up[start : start + BATCH], plan.manifest_sha256, fail
                 )
+            lease.check(rem.url)
             sending.upload(ui, rem, opened, before.sizes, fail, done)
     after = sending.scan(rem, cache)
     sets = after.sets
@@ -226,6 +232,7 @@ def _run(
         result.decisions = [retention.Decision(p, False, why) for p, why in leftovers.items()]
         sets = [s for s in sets if s.prefix not in leftovers]
         result.decisions += _decide(sets, policy, now)
+        lease.check(rem.url)
         for d in result.decisions:
             if not d.keep and naming.is_prefix(d.prefix):  # decide keeps the others; twice sure
                 result.deleted_files += retention.delete_set(by_prefix[d.prefix], after.store)

@@ -81,9 +81,7 @@ class Remote(Protocol):
     # The lease (pgvault.lease): one writer at a time.
     def lease_read(self) -> tuple[bytes, str] | None: ...
 
-    def lease_write(self, data: bytes, tag: str | None) -> bool: ...
-
-    def lease_delete(self) -> None: ...
+    def lease_write(self, data: bytes, tag: str | None) -> str | None: ...
 
 
 def open_remote(cfg: RemoteConfig) -> Remote:
@@ -337,7 +335,7 @@ class FileRemote:
         except OSError as e:
             raise self._fail("cannot read the lease of", e) from None
 
-    def lease_write(self, data: bytes, tag: str | None) -> bool:
+    def lease_write(self, data: bytes, tag: str | None) -> str | None:
         self._present()
         try:
             return lease.write_file(self.directory / lease.NAME, data, tag)
@@ -345,10 +343,6 @@ class FileRemote:
             raise self._fail("cannot write the lease of", e) from None
         finally:
             self._sync(lease.NAME)
-
-    def lease_delete(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.directory / lease.NAME).unlink()
 
     def delete(self, name: str) -> None:
         check_name(name)

@@ -262,14 +262,15 @@ class S3Remote:
                 raise
             return bytes(answer["Body"].read(65536)), str(answer["ETag"])
 
-    def lease_write(self, data: bytes, tag: str | None) -> bool:
-        """A conditional PUT: If-None-Match: * for a new lease, If-Match: ETag over one."""
+    def lease_write(self, data: bytes, tag: str | None) -> str | None:
+        """A conditional PUT: If-None-Match: * for a new lease, If-Match: ETag over one;
+        the new ETag, or None when the condition failed."""
         import botocore.exceptions
 
         condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
         with self._errors(f"writing the lease of {self.url}"):
             try:
-                self.client.put_object(
+                answer = self.client.put_object(
                     Bucket=self.bucket, Key=self.prefix + lease.NAME, Body=data, **condition
                 )
             except botocore.exceptions.ClientError as e:
@@ -277,13 +278,9 @@ class S3Remote:
                 # 412: the condition failed; 409: a concurrent conditional write won.
                 if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409",
                             "NoSuchKey", "404"):  # fmt: skip
-                    return False
+                    return None
                 raise
-        return True
-
-    def lease_delete(self) -> None:
-        with self._errors(f"giving back the lease of {self.url}"):
-            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + lease.NAME)
+        return str(answer["ETag"])
 
     def delete(self, name: str) -> None:
         check_name(name)

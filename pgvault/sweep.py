@@ -32,9 +32,13 @@ from typing import IO, Any
 from pgvault import masking
 from pgvault.errors import PgvaultError, one_line
 
-SECRETS_ENV = "PGVAULT_SWEEP_SECRETS"
+SECRETS_ENV = masking.SLOTS_ENV
 OUTCOME_ENV = "PGVAULT_SWEEP_OUTCOME"
 KEYS_ENV = "PGVAULT_SWEEP_KEYS"
+PARENT_ENV = "PGVAULT_SWEEP_PARENT"
+# Whether the user asked for Hydra's tracebacks (HYDRA_FULL_ERROR=1): the CLI sets it for
+# its own Hydra calls, and a job's child must not inherit that.
+FULL_ERROR_ENV = "PGVAULT_SWEEP_FULL_ERROR"
 # Seconds a timed-out job gets to clean up after SIGTERM before its session is killed.
 GRACE = 10.0
 # A sweep's jobs that share a directory take turns on its lock: how long one waits for
@@ -64,26 +68,75 @@ class JobOutcome:
 
 
 @contextlib.contextmanager
-def sweeping(overrides: Sequence[str]) -> Iterator[list[str]]:
+def sweeping(overrides: Sequence[str], full_error: bool = False) -> Iterator[list[str]]:
     """Around a multirun: hand the secrets to the launcher's local workers, and yield the
-    overrides that tell every job (wherever it runs) which keys are swept (its label) and
-    where the user's configs are."""
+    overrides that tell every job (wherever it runs) which keys are swept (its label),
+    where the user's configs are, and which process ran the sweep (a job's child ends
+    when it is gone)."""
     from pgvault.cli import user_conf_dir
 
     keys = ";".join(swept_keys(overrides))
-    extra = [f"++hydra.job.env_set.{KEYS_ENV}='{keys}'"]
+    extra = [
+        f"++hydra.job.env_set.{KEYS_ENV}='{keys}'",
+        f"++hydra.job.env_set.{PARENT_ENV}='{identity(os.getpid())}'",
+    ]
     conf = user_conf_dir()
     if conf is not None and "'" not in str(conf):
         extra.append(f"++hydra.job.env_set.PGVAULT_CONFIG_DIR='{conf}'")
-    saved = os.environ.get(SECRETS_ENV)
+    saved = {k: os.environ.get(k) for k in (SECRETS_ENV, FULL_ERROR_ENV)}
     os.environ[SECRETS_ENV] = json.dumps(masking.slots())
+    os.environ[FULL_ERROR_ENV] = "1" if full_error else "0"
     try:
         yield extra
     finally:
-        if saved is None:
-            os.environ.pop(SECRETS_ENV, None)
-        else:
-            os.environ[SECRETS_ENV] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def identity(pid: int) -> str:
+    """pid, its start time, and this machine's boot and pid namespace: enough to tell,
+    from another process, whether it still runs (and whether the question makes sense
+    here at all: a Ray node of its own has other pids)."""
+    return f"{pid}:{_start_time(pid)}:{_here()}"
+
+
+def _here() -> str:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return "unknown"
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def parent_gone(text: str) -> bool:
+    """Whether the sweep process identity() described has ended; False when it cannot
+    be told from here."""
+    pid, start, here = [*text.split(":", 2), "", ""][:3]
+    if here != _here() or here == "unknown" or not pid.isdigit():
+        return False
+    return _start_time(int(pid)) != start
+
+
+def check(overrides: Sequence[str]) -> None:
+    """Refuse a bad sweep.timeout in one line before any job starts (each job would fail
+    with it alone)."""
+    from pgvault import units
+
+    for word in overrides:
+        key, _, value = word.partition("=")
+        value = value.strip("'\"")
+        if key.lstrip("+") == "sweep.timeout" and value not in ("null", "") and "," not in value:
+            units.parse_duration(value, "sweep.timeout")
 
 
 def swept_keys(overrides: Sequence[str]) -> list[str]:
@@ -114,7 +167,7 @@ def returned(batches: Any) -> list[JobOutcome]:
     """The outcomes in what Hydra's sweeper returned (batches of JobReturn)."""
     out = []
     for batch in batches or []:
-        for job in batch:
+        for job in batch if isinstance(batch, list | tuple) else [batch]:
             value = getattr(job, "_return_value", None)
             with contextlib.suppress(TypeError):
                 if isinstance(value, dict):
@@ -128,8 +181,10 @@ def summarize(
     """Print the table (or JSON) of the sweep's jobs; raise SweepFailed naming every job
     that failed, or the launcher's own error when it stopped the sweep."""
     done = outcomes(sweep_dir, returned)
-    if not done and stopped is not None:
-        raise stopped
+    if not done:
+        if stopped is not None:
+            raise stopped
+        return  # no job ran: --info, --hydra-help
     as_json = any(o.format == "json" for o in done)
     if as_json:
         print(json.dumps({"jobs": [_public(o) for o in done]}, indent=2), flush=True)
@@ -138,8 +193,9 @@ def summarize(
     failed = [o for o in done if o.status != "success"]
     if stopped is not None:
         why = one_line(getattr(stopped, "line", lambda: str(stopped))())
+        bad = f"; failed: {', '.join(o.label for o in failed)}" if failed else ""
         raise SweepFailed(
-            f"the sweep stopped after {len(done)} job(s): {why or type(stopped).__name__}",
+            f"the sweep stopped after {len(done)} job(s): {why or type(stopped).__name__}{bad}",
             "the table above lists the jobs that ended; run the others again",
         )
     if failed:
@@ -241,19 +297,23 @@ def _run_child(cfg: Any, overrides: Sequence[str], sweep_dir: str, o: JobOutcome
         units.parse_duration(typed.sweep.timeout, "sweep.timeout") if typed.sweep.timeout else None
     )
     command = typed.command
-    args = [command, *real_args(w for w in overrides if not w.startswith("command="))]
+    # The slots stay in: the child gets the secrets on stdin (cli.main's secrets).
+    args = [command, *(w for w in overrides if not w.startswith("command="))]
     from pgvault.commands import SPECS
+    from pgvault.config import MAX_WAIT
 
     if typed.lock_timeout == 0 and "lock_timeout" in SPECS[command].keys:
-        # Queue behind a job of the same directory rather than fail.
-        args.append(f"lock_timeout={timeout or SHARED_DIR_WAIT:g}")
+        # Queue behind a job of the same directory (or remote) rather than fail.
+        args.append(f"lock_timeout={min(timeout or SHARED_DIR_WAIT, MAX_WAIT):g}")
     args.append("hydra.mode=RUN")  # a config that sets MULTIRUN must not sweep again
     # In the sweep dir, or (on a Ray node of its own, where it is not) this process's.
     here = sweep_dir if os.path.isdir(sweep_dir) else None
     fd, name = tempfile.mkstemp(prefix=f"run-{o.num}-", suffix=".json", dir=here)
     os.close(fd)
     outcome_file = Path(name)
-    env = {k: v for k, v in os.environ.items() if k != SECRETS_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (SECRETS_ENV, FULL_ERROR_ENV)}
+    if os.environ.get(FULL_ERROR_ENV) == "0":
+        env.pop("HYDRA_FULL_ERROR", None)
     env[OUTCOME_ENV] = str(outcome_file)
     env.setdefault("PYTHONUNBUFFERED", "1")
     child = subprocess.Popen(
@@ -262,17 +322,21 @@ def _run_child(cfg: Any, overrides: Sequence[str], sweep_dir: str, o: JobOutcome
     )  # fmt: skip
     last_error: list[str] = []
     json_mode = o.format == "json"
+    # Daemons: a process the child left behind that holds its pipes must not keep the
+    # sweep from ending.
     readers = [
-        threading.Thread(target=_relay, args=(child.stdout, o.label, 2 if json_mode else 1, None)),
-        threading.Thread(target=_relay, args=(child.stderr, o.label, 2, last_error)),
-    ]
+        threading.Thread(target=_relay, args=(child.stdout, o.label, 2 if json_mode else 1, None),
+                         daemon=True),
+        threading.Thread(target=_relay, args=(child.stderr, o.label, 2, last_error), daemon=True),
+    ]  # fmt: skip
     for r in readers:
         r.start()
     ran: dict[str, Any] = {}
     try:
         assert child.stdin is not None
         with contextlib.suppress(BrokenPipeError):
-            child.stdin.write(json.dumps({"args": args}).encode() + b"\n")
+            request = {"args": args, "secrets": masking.slots()}
+            child.stdin.write(json.dumps(request).encode() + b"\n")
             child.stdin.flush()  # and kept open: see child_main
         try:
             code: int | None = child.wait(timeout=timeout)
@@ -306,13 +370,6 @@ def _run_child(cfg: Any, overrides: Sequence[str], sweep_dir: str, o: JobOutcome
         elif not o.error:
             o.error = last_error[-1] if last_error else f"exit code {code}"
     return o
-
-
-def real_args(overrides: Any) -> list[str]:
-    """The overrides as the user wrote them: each ${pgvault_secret:N} back to its secret
-    (this worker got them in PGVAULT_SWEEP_SECRETS)."""
-    secrets = json.loads(os.environ.get(SECRETS_ENV) or "null") or masking.slots()
-    return [masking.unslot(o, secrets) for o in overrides]
 
 
 def _relay(stream: IO[bytes] | None, name: str, fd: int, errors: list[str] | None) -> None:
@@ -352,31 +409,52 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 # -- The child: `python -m pgvault.sweep` ----------------------------------------------
 
 
+_outcome_path: str | None = None
+
+
 def record(run: Any) -> None:
     """In a sweep's child: leave the ended run's outcome where its job reads it."""
-    path = os.environ.get(OUTCOME_ENV)
-    if path:
+    if _outcome_path:
         with contextlib.suppress(OSError):
-            _write(Path(path), asdict(run))
+            _write(Path(_outcome_path), asdict(run))
 
 
 def child_main() -> None:
-    """Read the job's arguments (one line of JSON), then run them. The job keeps stdin
-    open: its end (the job's process died, the sweep was killed) ends this run as a
-    SIGTERM does, cleaning up, rather than leaving it to run on unwatched."""
+    """Read the job's request (one line of JSON: arguments, secrets), then run it. It
+    ends as on SIGTERM, cleaning up, when the job closes stdin (its process died) or the
+    sweep's process is gone (a launcher's worker may outlive it)."""
+    global _outcome_path
     request = json.loads(sys.stdin.buffer.readline())
+    # Its hooks must not inherit it: a pgvault run inside one would write there too.
+    _outcome_path = os.environ.pop(OUTCOME_ENV, None)
+    parent = os.environ.pop(PARENT_ENV, "")
 
-    def watch() -> None:
+    def end() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def watch_stdin() -> None:
         with contextlib.suppress(OSError):
             while os.read(0, 4096):
                 pass
-        os.kill(os.getpid(), signal.SIGTERM)
+        end()
 
-    threading.Thread(target=watch, daemon=True).start()
+    def watch_parent() -> None:
+        while not parent_gone(parent):
+            time.sleep(1.0)
+        end()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    if parent:
+        threading.Thread(target=watch_parent, daemon=True).start()
     from pgvault import cli
 
-    cli.main(list(request["args"]))
+    sys.excepthook = cli._masked_excepthook
+    cli.main(list(request["args"]), secrets=list(request.get("secrets") or []))
 
 
 if __name__ == "__main__":
-    child_main()
+    # As pgvault.sweep, not __main__: record() (called from pgvault.commands) reads the
+    # globals child_main sets.
+    from pgvault import sweep
+
+    sweep.child_main()

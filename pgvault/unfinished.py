@@ -24,7 +24,7 @@ def begin(directory: Path, prefix: str) -> None:
 
 
 def end(directory: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # a note left names a set that is whole or gone
         (directory / NOTE).unlink()
 
 

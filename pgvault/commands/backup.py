@@ -25,15 +25,16 @@ def run(cfg: PgvaultConfig, ui: Reporter, ctx: Context) -> Outcome:
             remote.open_remote(cfg.remote)
             offsite.remote_policy(cfg)
     with contextlib.ExitStack() as stack:
-        if upload:  # one writer at a time on the remote, whichever machine it runs on
+        if upload and cfg.remote.lease:  # one run at a time per remote, on any machine
             from pgvault import lease
             from pgvault.s3 import RemoteError
 
             where = remote.open_remote(cfg.remote)
+            held = lease.held(where, ttl=cfg.remote.lease_ttl, what="backup", wait=cfg.lock_timeout)
             # A remote that cannot be reached must not cost the local set: the upload
-            # then fails with its own line, and takes the lease itself if it can.
+            # then fails with its own line (and takes the lease itself if it can).
             with contextlib.suppress(RemoteError):
-                stack.enter_context(lease.held(where, ttl=cfg.remote.lease_ttl, what="backup"))
+                stack.enter_context(held)
         result = take_backup(cfg, ui, env_name=ctx.env, clock=ctx.clock)
         report(ui, result)
         verified = None

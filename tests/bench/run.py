@@ -95,20 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         s3, s3_note = start_server(work)
         with throwaway(programs, tcp=True) as cluster:
             bench = Bench(cluster, programs, work, args.repeat, args.keep, s3, s3_note)
-            say("start-up: an empty database, and the libraries pgvault imports")
-            try:
-                for row in bench_startup(bench):
-                    announce(row)
-                    rows.append(row)
-            except BenchError as e:
-                rows.append(Row(None, "start-up", note=f"error: {e}"))
-            say("sweep: 4 targets, the joblib launcher against one after another")
-            try:
-                for row in bench_sweep(bench):
-                    announce(row)
-                    rows.append(row)
-            except BenchError as e:
-                rows.append(Row(None, "sweep", note=f"error: {e}"))
+            sections = (
+                ("start-up", "an empty database, and the libraries pgvault imports", bench_startup),
+                ("sweep", "4 targets, the joblib launcher against one after another", bench_sweep),
+            )
+            for name, what, measure in sections:
+                say(f"{name}: {what}")
+                try:
+                    for row in measure(bench):
+                        announce(row)
+                        rows.append(row)
+                except BenchError as e:
+                    rows.append(Row(None, name, note=f"error: {e}"))
             for scale in args.scales:
                 say(f"scale {scale}: pgbench -i -s {scale}, then {args.repeat} run(s) each")
                 try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -31,14 +32,31 @@ def where(request, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     return open_remote(RemoteConfig(url=f"s3://{bucket}/pg", endpoint=server.endpoint))
 
 
+def current(where) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    found = where.lease_read()
+    assert found is not None
+    return dict(json.loads(found[0]))
+
+
 def test_a_held_lease_refuses_a_second_run_until_given_back(where):
     with lease.held(where, ttl=600, what="backup"):
         with pytest.raises(LockBusy) as e:
             lease.Lease(where, 600, "push").take()
         assert "holds its lease" in e.value.what and "expires at" in e.value.hint
-    assert where.lease_read() is None  # given back
+    assert lease.stale(current(where))  # given back: written expired
     with lease.held(where, ttl=600, what="push"):
-        assert json.loads(where.lease_read()[0])["what"] == "push"
+        assert current(where)["what"] == "push"
+
+
+def test_a_waiting_run_gets_the_lease_once_it_is_given_back(where):
+    first = lease.Lease(where, 600, "backup")
+    first.take()
+    threading.Timer(1.0, first.give_back).start()
+    started = time.monotonic()
+    second = lease.Lease(where, 600, "push")
+    second.take(wait=30)
+    assert 0.9 < time.monotonic() - started < 20
+    assert current(where)["token"] == second.token
 
 
 def test_an_expired_lease_goes_to_exactly_one_of_two_racers(where):
@@ -48,9 +66,9 @@ def test_an_expired_lease_goes_to_exactly_one_of_two_racers(where):
     assert found is not None
     first, second = lease.Lease(where, 600, "a"), lease.Lease(where, 600, "b")
     # Both read the same expired lease; only the first conditional write lands.
-    assert where.lease_write(first.body(), found[1]) is True
-    assert where.lease_write(second.body(), found[1]) is False
-    assert json.loads(where.lease_read()[0])["what"] == "a"
+    assert where.lease_write(first.body(), found[1]) is not None
+    assert where.lease_write(second.body(), found[1]) is None
+    assert current(where)["what"] == "a"
     with pytest.raises(LockBusy):
         second.take()
 
@@ -60,37 +78,75 @@ def test_a_lease_of_a_run_of_this_machine_that_is_gone_is_taken_at_once(where):
     gone.wait()
     other = lease.Lease(where, 600, "push")
     other.take()
-    info = json.loads(where.lease_read()[0])
+    info = current(where)
     # The same lease, as the run that died would have left it on this machine.
     info["pid"] = gone.pid
-    found = where.lease_read()
-    assert where.lease_write(json.dumps(info).encode(), found[1])
+    assert where.lease_write(json.dumps(info).encode(), where.lease_read()[1])
     with lease.held(where, ttl=600, what="backup"):
-        assert json.loads(where.lease_read()[0])["what"] == "backup"
-    # Another machine's run is not known to be gone: its lease holds until it expires.
-    info["host"] = "elsewhere"
-    assert where.lease_write(json.dumps(info).encode(), None)
+        assert current(where)["what"] == "backup"
+    # Another machine's run (or another container's: its own pid namespace) is not
+    # known to be gone: its lease holds until it expires.
+    info["machine"] = "elsewhere:boot:1"
+    assert where.lease_write(json.dumps(info).encode(), where.lease_read()[1])
     with pytest.raises(LockBusy):
         lease.Lease(where, 600, "backup").take()
 
 
 def test_the_holder_keeps_its_lease_fresh(where):
-    with lease.held(where, ttl=0.6, what="backup"):
-        first = json.loads(where.lease_read()[0])["expires"]
-        time.sleep(0.9)  # a renewal every 0.2 s
-        assert json.loads(where.lease_read()[0])["expires"] > first
-        assert not lease.stale(json.loads(where.lease_read()[0]))
+    with lease.held(where, ttl=3.0, what="backup"):
+        first = current(where)["expires"]
+        time.sleep(2.5)  # a renewal every second
+        assert current(where)["expires"] > first
+        assert not lease.stale(current(where))
 
 
-def test_a_lease_taken_over_cannot_be_renewed_or_given_back_by_its_old_holder(where):
-    old = lease.Lease(where, -1, "old")
+def test_a_lease_taken_over_is_lost_and_its_old_holder_writes_nothing_more(where):
+    old = lease.Lease(where, -1, "old")  # expired: a run that stalled past its ttl
     old.take()
     new = lease.Lease(where, 600, "new")
     new.take()  # over the expired one
     with pytest.raises(LockBusy):
         old.renew()
-    old.give_back()  # not its lease any more: left alone
-    assert json.loads(where.lease_read()[0])["what"] == "new"
+    with pytest.raises(LockBusy):
+        old.check()  # what a push asks before each upload and delete
+    old.give_back()  # not its lease any more: its conditional write fails
+    assert current(where)["token"] == new.token and not lease.stale(current(where))
+
+
+def test_a_push_that_lost_its_lease_uploads_nothing(pg_cluster, tmp_path, monkeypatch):
+    """The lease is taken over (its renewals failed for a whole lease_ttl) while the push
+    looks at the remote: it stops with LockBusy before it uploads or deletes anything."""
+    from pgvault import offsite
+    from pgvault.backup import take_backup
+    from pgvault.config import PgvaultConfig, TargetConfig
+    from pgvault.ui import Reporter
+
+    share = tmp_path / "share"
+    share.mkdir()
+    local = tmp_path / "local"
+    url = f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/postgres"
+    cfg = PgvaultConfig(dir=str(local), target=TargetConfig(name="local", url=url),
+                        remote=RemoteConfig(url=f"file://{share}"))  # fmt: skip
+    take_backup(cfg, Reporter(quiet=True), apply_retention=False)
+    where = open_remote(cfg.remote)
+    real_scan = offsite.sending.scan
+
+    def scan_while_the_lease_goes(*args, **kwargs):  # type: ignore[no-untyped-def]
+        held = lease._HELD[where.url]
+        held.valid_until = 0.0  # as if no renewal had landed for lease_ttl ...
+        info = current(where)
+        info["expires"] = time.time() - 1  # ... so it expired, and another run took it
+        assert where.lease_write(json.dumps(info).encode(), where.lease_read()[1])
+        lease.Lease(where, 600, "elsewhere").take()
+        monkeypatch.setattr(lease.Lease, "renew", lambda self: None)  # its renewals fail
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(offsite.sending, "scan", scan_while_the_lease_goes)
+    with pytest.raises(LockBusy) as e:
+        offsite.push(cfg, Reporter(quiet=True), local)
+    assert "could not be renewed" in e.value.what
+    assert sorted(p.name for p in share.iterdir()) == [lease.NAME]  # nothing uploaded
+    assert current(where)["what"] == "elsewhere"
 
 
 def test_a_backup_that_finds_the_remote_leased_writes_nothing(pg_cluster, tmp_path):
@@ -109,7 +165,7 @@ def test_a_backup_that_finds_the_remote_leased_writes_nothing(pg_cluster, tmp_pa
         and "expires at" in line
     )
     assert not local.exists() or not list(local.glob("backup-*"))
-    assert sorted(p.name for p in share.iterdir()) == [lease.NAME]
+    assert sorted(p.name for p in share.iterdir()) == [lease.NAME]  # the other's only
     # Once it has expired, the next run takes the lease, uploads, and gives it back.
     info = json.loads((share / lease.NAME).read_text())
     info["expires"] = time.time() - 1
@@ -117,5 +173,6 @@ def test_a_backup_that_finds_the_remote_leased_writes_nothing(pg_cluster, tmp_pa
     res = run_pgvault(*args, env=env)
     assert res.returncode == 0, res.stderr
     names = sorted(p.name for p in share.iterdir())
-    assert lease.NAME not in names and any(n.endswith("-manifest.json") for n in names)
+    assert any(n.endswith("-manifest.json") for n in names)
+    assert lease.stale(json.loads((share / lease.NAME).read_text()))  # given back
     assert Path(local).is_dir()

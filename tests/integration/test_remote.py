@@ -22,7 +22,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from pgvault import catalog, naming, offsite, runstate
+from pgvault import catalog, lease, naming, offsite, runstate
 from pgvault import remote as remote_module
 from pgvault.backup import take_backup
 from pgvault.config import PgvaultConfig, RemoteConfig, TargetConfig
@@ -54,7 +54,13 @@ def remote_objects(client, bucket: str, prefix: str = "pg/") -> dict[str, int]: 
     pages = client.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix, Delimiter="/"
     )
-    return {o["Key"][len(prefix) :]: o["Size"] for p in pages for o in p.get("Contents", [])}
+    # The runs' lease (pgvault.lease) stays, expired, once given back: it is not a set's.
+    return {
+        o["Key"][len(prefix) :]: o["Size"]
+        for p in pages
+        for o in p.get("Contents", [])
+        if o["Key"][len(prefix) :] != lease.NAME
+    }
 
 
 def intact(directory: Path) -> str:
@@ -379,12 +385,13 @@ def test_file_remote(tmp_path, local_set):
     assert victim.read_text() == "precious" and not (target / roles).is_symlink()
     assert not (target / stale).exists() and (target / sending).read_bytes() == b"half"
     (target / sending).unlink()
-    copied = {p.name: p.stat().st_size for p in target.iterdir() if p.name != "notes.txt"}
+    ours = [p for p in target.iterdir() if p.name not in ("notes.txt", lease.NAME)]
+    assert lease.stale(json.loads((target / lease.NAME).read_text()))  # given back
+    copied = {p.name: p.stat().st_size for p in ours}
     assert copied == local_files(directory)
-    for p in target.iterdir():
-        if p.name != "notes.txt":
-            assert stat.S_IMODE(p.stat().st_mode) == 0o600
-            assert p.read_bytes() == (directory / p.name).read_bytes()
+    for p in ours:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600
+        assert p.read_bytes() == (directory / p.name).read_bytes()
     manifest = (target / naming.file_name(prefix, "manifest")).stat().st_mtime_ns
     assert all(manifest >= p.stat().st_mtime_ns for p in target.iterdir() if "roles" in p.name
                or "schema" in p.name or "data" in p.name)  # fmt: skip

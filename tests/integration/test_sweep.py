@@ -146,33 +146,49 @@ def test_a_sweep_isolates_failures_and_names_each_one(pg_cluster, small_dbs, big
     assert not (out / "down").exists() or set_files(out / "down") == []
 
 
-def test_format_json_and_a_hang_past_the_timeout(pg_cluster, small_dbs, tmp_path):
-    """sweep.timeout ends a job that hangs (here: a before-hook that sleeps) and only
-    that job; format=json gives one document with every job."""
+def running_with(needle: bytes, marker: bytes) -> list[int]:
+    """Processes whose command line holds needle and whose environment holds marker."""
+    found = []
+    for pid in processes(needle):
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{pid}/environ").read_bytes():
+                found.append(pid)
+    return found
+
+
+def test_format_json_a_hang_past_the_timeout_and_a_job_that_dies(pg_cluster, small_dbs, tmp_path):
+    """sweep.timeout ends a job that hangs (a before-hook that sleeps), and only that job;
+    a job whose pgvault process is killed (its hook kills it) is that job's failure; the
+    others' sets complete. format=json gives one document with every job."""
     url = url_of(pg_cluster, small_dbs[0])
     env = pgvault_env(TMPDIR=str(tmp_path))
-    hang = tmp_path / "hang.sh"
-    hang.write_text('#!/bin/sh\ncase "$PGVAULT_DIR" in */slow) exec sleep 600;; esac\n')
-    hang.chmod(0o755)
+    hook = tmp_path / "hook.sh"
+    hook.write_text(
+        '#!/bin/sh\ncase "$PGVAULT_DIR" in\n  */slow) exec sleep 600;;\n'
+        "  */dies) kill -9 $PPID;;\nesac\n"
+    )
+    hook.chmod(0o755)
     started = time.monotonic()
+    dirs = ",".join(f"{tmp_path}/{d}" for d in ("fast", "slow", "dies", "last"))
     res = run_pgvault(
-        "backup", "--multirun", f"dir={tmp_path}/fast,{tmp_path}/slow", f"target.url={url}",
-        f"hooks.before=[{hang}]", "sweep.timeout=15s", "sweep.format=json", "quiet=true",
-        env=env, timeout=200,
+        "backup", "--multirun", f"dir={dirs}", f"target.url={url}", f"hooks.before=[{hook}]",
+        "sweep.timeout=15s", "sweep.format=json", "quiet=true", env=env, timeout=200,
     )  # fmt: skip
     assert time.monotonic() - started < 120
     assert res.returncode == 1, res.stderr
     doc = json.loads(res.stdout)
     by_label = {j["label"]: j for j in doc["jobs"]}
-    fast, slow = by_label[f"dir={tmp_path}/fast"], by_label[f"dir={tmp_path}/slow"]
-    assert fast["status"] == "success" and fast["prefix"] and fast["size_bytes"] > 0
-    assert slow["status"] == "timeout" and "sweep.timeout=15s" in slow["error"]
-    assert len(complete_sets(tmp_path / "fast")) == 1
-    assert set_files(tmp_path / "slow") == []
-    assert processes(b"sleep 600") == [] or not any(
-        str(tmp_path).encode() in Path(f"/proc/{p}/environ").read_bytes()
-        for p in processes(b"sleep 600") if Path(f"/proc/{p}").exists()
-    )  # fmt: skip
+    jobs = {d: by_label[f"dir={tmp_path}/{d}"] for d in ("fast", "slow", "dies", "last")}
+    for d in ("fast", "last"):
+        assert jobs[d]["status"] == "success" and jobs[d]["prefix"] and jobs[d]["size_bytes"] > 0
+        assert len(complete_sets(tmp_path / d)) == 1
+    assert jobs["slow"]["status"] == "timeout" and "sweep.timeout=15s" in jobs["slow"]["error"]
+    assert jobs["dies"]["status"] == "failure" and "killed by signal 9" in jobs["dies"]["error"]
+    assert set_files(tmp_path / "slow") == [] and set_files(tmp_path / "dies") == []
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("pgvault: error: 2 of 4 jobs failed: ") and "slow" in last, last
+    # The timed-out job's whole session was ended: its hook's sleep too.
+    assert running_with(b"sleep", f"{tmp_path}/slow".encode()) == []
 
 
 def test_n_jobs_limits_how_many_run_at_once(pg_cluster, small_dbs, tmp_path):
@@ -186,8 +202,8 @@ def test_n_jobs_limits_how_many_run_at_once(pg_cluster, small_dbs, tmp_path):
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
     seen = []
-    while proc.poll() is None:
-        seen.append(len(processes(b"pgvault.sweep")))
+    while proc.poll() is None:  # this sweep's jobs: their environment names its dirs
+        seen.append(len(running_with(b"pgvault.sweep", str(tmp_path).encode())))
         time.sleep(0.05)
     _, err = proc.communicate()
     assert proc.returncode == 0, err
@@ -220,19 +236,23 @@ def test_two_overlapping_runs_of_one_target_make_one_set(big_db, tmp_path):
     assert [p.name for p in tmp_path.glob("*.partial")] == []
 
 
-def test_a_crash_mid_sweep_then_a_rerun_leaves_whole_sets_only(big_db, pg_cluster, tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_crash_mid_sweep_then_a_rerun_leaves_whole_sets_only(big_db, pg_cluster, tmp_path,
+                                                               launcher):  # fmt: skip
     """kill -9 of the sweep while its first job dumps: the job's own process ends too (it
-    does not run on unwatched), and the rerun completes every job without a duplicate or
-    a half set."""
+    does not run on unwatched, not even in a joblib worker that outlives the sweep), and
+    the rerun completes every job without a duplicate or a half set."""
     dirs, url = f"dir={tmp_path}/first,{tmp_path}/second", url_of(pg_cluster, big_db.dbname)
     args = [sys.executable, "-m", "pgvault", "backup", "--multirun", dirs, f"target.url={url}",
             "quiet=true"]  # fmt: skip
+    if launcher == "joblib":
+        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"]
     env = pgvault_env(TMPDIR=str(tmp_path))
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list((tmp_path / "first").glob("*data.sql.partial")) and time.monotonic() < deadline:
         time.sleep(0.02)
-    children = processes(b"pgvault.sweep")
+    children = running_with(b"pgvault.sweep", str(tmp_path).encode())
     assert children
     proc.send_signal(signal.SIGKILL)
     proc.wait()

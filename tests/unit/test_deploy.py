@@ -143,8 +143,14 @@ def test_the_image_installs_pgvault_with_both_kinds_of_programs_and_runs_unprivi
     users = [v for k, v in steps if k == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert ("ENTRYPOINT", '["pgvault"]') in steps
-    # Built from the repository's top: what it copies is there.
-    assert (Path(cli.__file__).parent.parent / "pyproject.toml").is_file()
+    # Built from the repository's top: what it copies is there, and nothing else (a
+    # checkout's .venv or .git would go into the image).
+    top = Path(cli.__file__).parent.parent
+    copied = [v.split()[:-1] for k, v in steps if k == "COPY"]
+    assert copied and all((top / src).exists() for srcs in copied for src in srcs)
+    assert not any(src in (".", "./") for srcs in copied for src in srcs)
+    env = " ".join(v for k, v in steps if k == "ENV")
+    assert "PGVAULT_CONFIG_DIR=/etc/pgvault" in env and "/etc/pgvault" in runs
     (cmd,) = [v for k, v in steps if k == "CMD"]
     assert accepted(yaml.safe_load(cmd)).command == "status"
 
