@@ -270,6 +270,13 @@ def _write_set(
         path = directory / naming.file_name(prefix, "manifest")
         catalog.write_json_atomic(path, manifest.to_json())
     except BaseException as e:
+        if (directory / naming.file_name(prefix, "manifest")).exists():
+            # The manifest's rename landed (what failed came after it: the directory's
+            # fsync, a signal): the set is whole, and nothing of it may go.
+            unfinished.end(directory)
+            if isinstance(e, OSError):
+                raise _write_error(e, directory) from None
+            raise
         # Without its manifest the set is incomplete anyway; remove it so it cannot mislead.
         for p in (*final.values(), *partial.values()):
             with contextlib.suppress(FileNotFoundError):

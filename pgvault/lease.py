@@ -16,11 +16,13 @@ Expiry is the writer's wall clock: the machines are assumed to keep time (NTP).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -34,6 +36,7 @@ from pgvault.errors import LockBusy
 
 NAME = "pgvault-lease.json"
 _HELD: dict[str, Lease] = {}  # url -> the lease this process holds there (re-entrant)
+_MINE: set[str] = set()  # the tokens of the leases this process has taken, until given back
 
 
 class Leasable(Protocol):
@@ -93,23 +96,27 @@ class Lease:
 
     def _try(self) -> dict[str, Any] | None:
         """One attempt: None when taken, else what the holder's lease says."""
-        started = time.monotonic()
-        if self._written(self.remote.lease_write(self.body(), None), started):
-            return None
+        for _ in range(3):  # a lease that vanished or changed while we looked: once more
+            started = time.monotonic()
+            if self._written(self.remote.lease_write(self.body(), None), started):
+                return None
+            found = self.remote.lease_read()
+            if found is None:
+                continue
+            info = _parse(found[0])
+            # Ours (a write whose answer was lost) is written again, for its expiry.
+            if (info.get("token") == self.token or stale(info)) and self._written(
+                self.remote.lease_write(self.body(), found[1]), started
+            ):
+                return None
         found = self.remote.lease_read()
-        if found is None:  # given back meanwhile: the next attempt
-            return {}
-        info = _parse(found[0])
-        if info.get("token") == self.token or (
-            stale(info) and self._written(self.remote.lease_write(self.body(), found[1]), started)
-        ):
-            return None
-        return info
+        return _parse(found[0]) if found else {}
 
     def _written(self, tag: str | None, started: float) -> bool:
         if tag is None:
             return False
         self.tag, self.valid_until = tag, started + self.ttl
+        _MINE.add(self.token)
         return True
 
     def renew(self) -> None:
@@ -122,18 +129,22 @@ class Lease:
                 return
             found = self.remote.lease_read()  # a write that landed but whose answer did not
             info = _parse(found[0]) if found else {}
-            if found is not None and info.get("token") == self.token:
-                self.tag, self.valid_until = found[1], started + self.ttl
+            if (
+                found is not None
+                and info.get("token") == self.token
+                and self._written(self.remote.lease_write(self.body(), found[1]), started)
+            ):
                 return
             self.lost = busy(self.remote.url, info)
             raise self.lost
 
     def check(self) -> None:
         """Before a write under the lease: LockBusy once it is (or may be) lost."""
-        if self.lost is None and time.monotonic() > self.valid_until:
+        # A margin of a third: a write that starts now must end before the expiry.
+        if self.lost is None and time.monotonic() > self.valid_until - self.ttl / 3:
             with contextlib.suppress(Exception):
                 self.renew()
-            if self.lost is None and time.monotonic() > self.valid_until:
+            if self.lost is None and time.monotonic() > self.valid_until - self.ttl / 3:
                 self.lost = LockBusy(
                     f"the lease on {self.remote.url} could not be renewed for "
                     f"{self.ttl:g} s: another run may hold it now",
@@ -146,6 +157,7 @@ class Lease:
         with self._lock:
             if self.tag is not None:
                 self.remote.lease_write(self.body(ttl=-1.0), self.tag)
+            _MINE.discard(self.token)
 
 
 @contextlib.contextmanager
@@ -194,7 +206,11 @@ def stale(info: dict[str, Any]) -> bool:
     if expires < time.time():
         return True
     pid = info.get("pid")
-    return info.get("machine") == machine() and isinstance(pid, int) and not store.alive(pid)
+    if info.get("machine") != machine() or not isinstance(pid, int):
+        return False
+    if pid == os.getpid():  # this process's, left by a write whose answer was lost
+        return info.get("token") not in _MINE
+    return not store.alive(pid)
 
 
 # -- A lease as a file (FileRemote) -----------------------------------------------------
@@ -227,26 +243,48 @@ def write_file(path: Path, data: bytes, tag: str | None) -> str | None:
                 os.link(tmp, path)
             except FileExistsError:
                 return None
+            except OSError as e:  # no hard links there (FAT, some FUSE or SMB mounts)
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                if not _create(path, data):
+                    return None
         else:
             try:
-                old = store.open_regular(path)
+                # Read-write: an exclusive flock over NFS is a POSIX lock, which needs it.
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
-            with old:
-                fcntl.flock(old.fileno(), fcntl.LOCK_EX)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file", str(path))
+                fcntl.flock(fd, fcntl.LOCK_EX)
                 now = read_file(path)
-                if (
-                    now is None
-                    or now[1] != tag
-                    or os.stat(path).st_ino != os.fstat(old.fileno()).st_ino
-                ):
+                if now is None or now[1] != tag or os.stat(path).st_ino != st.st_ino:
                     return None
                 os.replace(tmp, path)
+            finally:
+                os.close(fd)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     found = read_file(path)
     return found[1] if found is not None else None
+
+
+def _create(path: Path, data: bytes) -> bool:
+    """O_EXCL, for a file system without hard links: a crash between the create and the
+    write leaves an empty lease, which busy() names for removal."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -260,10 +298,12 @@ def _parse(data: bytes) -> dict[str, Any]:
 def busy(url: str, info: dict[str, Any]) -> LockBusy:
     holder = f"{info.get('host', '?')} pid {info.get('pid', '?')}" if info else "another run"
     expires = info.get("expires")
-    until = (
-        datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        if isinstance(expires, int | float) else "never: it is not pgvault's"
-    )  # fmt: skip
+    until = "never: it is not pgvault's"
+    if isinstance(expires, int | float):
+        try:
+            until = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        except (ValueError, OverflowError, OSError):
+            until = "an unreadable time"
     return LockBusy(
         f"{url} is in use: {info.get('what', 'a run')} on {holder} holds its lease",
         f"wait for that run to end; if it died, its lease expires at {until}, "

@@ -213,7 +213,6 @@ def _run(
                 return
             opened = sending.open_sets(ui, held, plan.up[:BATCH], plan.manifest_sha256, fail)
             records = sending.open_records(held, plan.matched, cache, before.sizes)
-        lease.check(rem.url)  # a lease lost meanwhile: nothing more is written
         sending.upload(ui, rem, opened, before.sizes, fail, done)
         sending.send_records(rem, records)
     for start in range(BATCH, len(plan.up), BATCH):
@@ -222,19 +221,19 @@ def _run(
                 opened = sending.open_sets(
                     ui, held, plan.up[start : start + BATCH], plan.manifest_sha256, fail
                 )
-            lease.check(rem.url)
             sending.upload(ui, rem, opened, before.sizes, fail, done)
     after = sending.scan(rem, cache)
     sets = after.sets
+    result.newest = newest_of_target(cfg, sets)  # what the record says if the prune fails
     if cfg.push.prune:
         by_prefix = {s.prefix: s for s in sets}
         leftovers = _leftovers(sets, plan.held, now, after.modified)
         result.decisions = [retention.Decision(p, False, why) for p, why in leftovers.items()]
         sets = [s for s in sets if s.prefix not in leftovers]
         result.decisions += _decide(sets, policy, now)
-        lease.check(rem.url)
         for d in result.decisions:
             if not d.keep and naming.is_prefix(d.prefix):  # decide keeps the others; twice sure
+                lease.check(rem.url)
                 result.deleted_files += retention.delete_set(by_prefix[d.prefix], after.store)
                 result.deleted.append(d.prefix)
     gone = set(result.deleted)

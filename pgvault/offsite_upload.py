@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgvault import catalog, manifest, naming, remote, retention
+from pgvault import catalog, lease, manifest, naming, remote, retention
 from pgvault.catalog import BackupSet, DiskFile
 from pgvault.errors import IntegrityError, PgvaultError
 from pgvault.listener import Listener
@@ -153,6 +153,7 @@ def _upload_set(ui: Listener, rem: remote.Remote, o: Opened, sizes: dict[str, in
         if sizes.get(entry.name) == entry.size and rem.stored_sha256(entry.name) == entry.sha256:
             continue
         fd, size = o.files[kind]
+        lease.check(rem.url)  # each write under the remote's lease, while it is ours
         o.sent.append(entry.name)
         rem.send(fd, size, entry.name, entry.sha256)
     found = {x.name: x.size for x in rem.objects()}
@@ -182,8 +183,10 @@ def _upload_set(ui: Listener, rem: remote.Remote, o: Opened, sizes: dict[str, in
                 "or directory?)", "give each backup directory its own remote.url prefix",
             )  # fmt: skip
     else:  # the manifest last: now the set is complete there
+        lease.check(rem.url)
         rem.send(*o.files["manifest"], name, o.manifest_sha256)
     if "verify" in o.files:
+        lease.check(rem.url)
         rem.send(*o.files["verify"], s.files["verify"].name, None)
     return len(o.sent) + (name not in found) + ("verify" in o.files)
 
@@ -191,6 +194,7 @@ def _upload_set(ui: Listener, rem: remote.Remote, o: Opened, sizes: dict[str, in
 def send_records(rem: remote.Remote, records: list[tuple[str, int, int]]) -> None:
     """Send the verify records open_records chose."""
     for name, fd, size in records:
+        lease.check(rem.url)
         rem.send(fd, size, name, None)
 
 

@@ -335,7 +335,7 @@ def _run_child(cfg: Any, overrides: Sequence[str], sweep_dir: str, o: JobOutcome
     try:
         assert child.stdin is not None
         with contextlib.suppress(BrokenPipeError):
-            request = {"args": args, "secrets": masking.slots()}
+            request = {"args": args, "secrets": _needed(args, masking.slots())}
             child.stdin.write(json.dumps(request).encode() + b"\n")
             child.stdin.flush()  # and kept open: see child_main
         try:
@@ -370,6 +370,13 @@ def _run_child(cfg: Any, overrides: Sequence[str], sweep_dir: str, o: JobOutcome
         elif not o.error:
             o.error = last_error[-1] if last_error else f"exit code {code}"
     return o
+
+
+def _needed(args: Sequence[str], secrets: list[str]) -> list[str]:
+    """The secrets the child's arguments refer to; the others stay here ("" in their
+    place, so the numbers hold)."""
+    used = {int(m) for a in args for m in re.findall(r"\$\{" + masking.RESOLVER + r":(\d+)\}", a)}
+    return [s if i in used else "" for i, s in enumerate(secrets)]
 
 
 def _relay(stream: IO[bytes] | None, name: str, fd: int, errors: list[str] | None) -> None:

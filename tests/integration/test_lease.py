@@ -5,6 +5,7 @@ one of two racers, and a backup that finds the lease held writes nothing."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -38,6 +39,13 @@ def current(where) -> dict:  # type: ignore[no-untyped-def,type-arg]
     return dict(json.loads(found[0]))
 
 
+def elsewhere(held: lease.Lease) -> bytes:
+    """held's lease as another live process of this machine would write it."""
+    info = json.loads(held.body())
+    info["pid"] = os.getppid()
+    return json.dumps(info).encode()
+
+
 def test_a_held_lease_refuses_a_second_run_until_given_back(where):
     with lease.held(where, ttl=600, what="backup"):
         with pytest.raises(LockBusy) as e:
@@ -65,9 +73,10 @@ def test_an_expired_lease_goes_to_exactly_one_of_two_racers(where):
     found = where.lease_read()
     assert found is not None
     first, second = lease.Lease(where, 600, "a"), lease.Lease(where, 600, "b")
-    # Both read the same expired lease; only the first conditional write lands.
-    assert where.lease_write(first.body(), found[1]) is not None
-    assert where.lease_write(second.body(), found[1]) is None
+    # Both read the same expired lease; only the first conditional write lands. (The
+    # first stands for another live process: its lease names one.)
+    assert where.lease_write(elsewhere(first), found[1]) is not None
+    assert where.lease_write(elsewhere(second), found[1]) is None
     assert current(where)["what"] == "a"
     with pytest.raises(LockBusy):
         second.take()
@@ -90,6 +99,16 @@ def test_a_lease_of_a_run_of_this_machine_that_is_gone_is_taken_at_once(where):
     assert where.lease_write(json.dumps(info).encode(), where.lease_read()[1])
     with pytest.raises(LockBusy):
         lease.Lease(where, 600, "backup").take()
+
+
+def test_a_lease_this_process_wrote_but_never_got_is_no_obstacle_to_it(where):
+    """A conditional write that landed but whose answer was lost: the lease names this
+    process, with a token none of its leases holds. Its next take (the push after a
+    backup whose take failed so) must not wait for itself."""
+    ghost = lease.Lease(where, 600, "backup")
+    assert where.lease_write(ghost.body(), None) is not None  # its take never learnt of it
+    with lease.held(where, ttl=600, what="push"):
+        assert current(where)["what"] == "push"
 
 
 def test_the_holder_keeps_its_lease_fresh(where):

@@ -6,6 +6,7 @@ leaving neither a duplicate nor a half set."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -292,3 +293,35 @@ def test_a_retry_removes_the_half_set_a_kill_left_after_its_renames(
         naming.file_name(seed, k) for k in ("data", "roles", "schema")
     ]
     assert not (tmp_path / unfinished.NOTE).exists()
+
+
+def test_a_failure_after_the_manifest_landed_keeps_the_whole_set(
+    pg_cluster, small_dbs, tmp_path, monkeypatch
+):
+    """The directory's fsync after the manifest's rename fails (or a signal comes then):
+    the run fails, and the set, whole on disk, keeps every file."""
+    from pgvault import store
+    from pgvault.backup import take_backup
+    from pgvault.config import PgvaultConfig, TargetConfig
+    from pgvault.errors import PgvaultError
+    from pgvault.ui import Reporter
+
+    real = store.fsync_dir
+
+    def failing_once_the_manifest_is_there(directory: Path) -> None:
+        if list(Path(directory).glob("*-manifest.json")):
+            raise OSError(errno.EIO, "Input/output error")
+        real(directory)
+
+    monkeypatch.setattr(store, "fsync_dir", failing_once_the_manifest_is_there)
+    url = url_of(pg_cluster, small_dbs[0])
+    cfg = PgvaultConfig(dir=str(tmp_path), target=TargetConfig(name="t", url=url))
+    with pytest.raises(PgvaultError) as e:
+        take_backup(cfg, Reporter(quiet=True), apply_retention=False)
+    assert "Input/output error" in e.value.line()
+    monkeypatch.undo()
+    (prefix,) = complete_sets(tmp_path)
+    kinds = sorted(n.removeprefix(prefix + "-") for n in set_files(tmp_path))
+    assert kinds == ["data.sql", "manifest.json", "roles.sql", "schema.sql"]
+    res = run_pgvault("list", f"dir={tmp_path}", "check=true", env=pgvault_env())
+    assert res.returncode == 0 and "complete" in res.stdout, res.stdout + res.stderr
