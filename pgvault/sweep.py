@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,7 +61,6 @@ class JobOutcome:
     duration_s: float = 0.0
     error: str | None = None
     format: str = "text"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # -- The CLI's side: before and after the launcher -----------------------------------
@@ -212,7 +211,7 @@ class SweepFailed(PgvaultError):
 
 def _public(o: JobOutcome) -> dict[str, Any]:
     row = asdict(o)
-    del row["format"], row["extra"]
+    del row["format"]
     return row
 
 
