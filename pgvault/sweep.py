@@ -4,12 +4,13 @@ Hydra's launchers report only the first failed job, drop what the jobs return an
 the sweep when a job exits or dies. So a job here never fails in Hydra's eyes: it runs
 `pgvault COMMAND overrides...` as a child (its arguments on stdin, so no password is in
 a process list), in a session of its own that a timeout ends whole (pg_dump included),
-prints the child's lines prefixed with its label, and writes the child's outcome into
-the sweep's private directory. The CLI reads those outcomes when the launcher returns:
-one table (or JSON), and an error naming every job that failed.
+prints the child's lines prefixed with its label, and returns the child's outcome (also
+written into the sweep's private directory, when the job can reach it). The CLI prints
+one table (or JSON) of them, and an error naming every job that failed.
 
-Passwords taken out of the overrides (masking.slot) live in the CLI's process only; a
-launcher's workers get them in PGVAULT_SWEEP_SECRETS, set for the sweep's length.
+Passwords taken out of the overrides (masking.slot) stay on this machine: a launcher's
+local workers get them in PGVAULT_SWEEP_SECRETS, set for the sweep's length, and each
+child the ones its arguments use, on stdin.
 """
 
 from __future__ import annotations
@@ -99,15 +100,9 @@ def identity(pid: int) -> str:
     """pid, its start time, and this machine's boot and pid namespace: enough to tell,
     from another process, whether it still runs (and whether the question makes sense
     here at all: a Ray node of its own has other pids)."""
-    return f"{pid}:{_start_time(pid)}:{_here()}"
+    from pgvault.lease import machine
 
-
-def _here() -> str:
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
-    except OSError:
-        return "unknown"
+    return f"{pid}:{_start_time(pid)}:{machine()}"
 
 
 def _start_time(pid: int) -> str:
@@ -120,8 +115,10 @@ def _start_time(pid: int) -> str:
 def parent_gone(text: str) -> bool:
     """Whether the sweep process identity() described has ended; False when it cannot
     be told from here."""
+    from pgvault.lease import machine
+
     pid, start, here = [*text.split(":", 2), "", ""][:3]
-    if here != _here() or here == "unknown" or not pid.isdigit():
+    if here != machine() or here.endswith(":?") or not pid.isdigit():  # ":?": unknowable
         return False
     return _start_time(int(pid)) != start
 
